@@ -1,0 +1,45 @@
+"""jlml-plugin: JLML (Li, Zhu, Gong, IJCAI 2017) as a plugin for torchreid.
+
+``import jlml_plugin`` is all it takes. It
+
+* registers the JLML models (``jlml``, ``jlml_global``, ``jlml_local``,
+  ``jlml_single_loss``, ``jlml_independent``, ``jlml_resnet50``) in torchreid's model
+  factory, so ``build_model``, ``show_avai_models`` and ``FeatureExtractor`` know them;
+* registers the ``synthreid`` datasets and replaces ``cuhk01`` with seeded, fixed splits;
+* makes torchreid's ``evaluate_rank`` use the exact vectorised evaluator whenever its
+  Cython one is not built, and fixes checkpoint loading on torch >= 2.6.
+
+Registration is idempotent. ``jlml_plugin.torchreid`` is torchreid's namespace in
+either layout (PyPI ``torchreid.reid`` or upstream ``torchreid``).
+"""
+from . import _torchreid
+from ._torchreid import load_checkpoint, register_model
+from ._torchreid import torchreid
+from .data import register_datasets
+from .metrics import RankResult, evaluate_rank, evaluate_torchreid
+from .models import MODELS, JLML, default_cfgs
+from .models import jlml, jlml_global, jlml_independent, jlml_local, jlml_resnet50, jlml_single_loss
+from .regularizers import SparsityHook, SparsityTerm, exclusive_group_lasso, group_lasso
+
+__version__ = '0.1.0'
+
+
+def register() -> None:
+    """Registers every JLML model and dataset with torchreid and installs the fixes.
+
+    Runs on import; calling it again changes nothing. It is also the
+    ``torchreid.models`` entry point, for tools that discover plugins.
+    """
+    for name, builder in MODELS.items():
+        register_model(name, builder)
+    register_datasets()
+    _torchreid.install_fixes()
+    _torchreid.install_evaluator(evaluate_torchreid)
+
+
+register()
+
+__all__ = ['JLML', 'MODELS', 'RankResult', 'SparsityHook', 'SparsityTerm', 'default_cfgs',
+           'evaluate_rank', 'exclusive_group_lasso', 'group_lasso', 'jlml', 'jlml_global',
+           'jlml_independent', 'jlml_local', 'jlml_resnet50', 'jlml_single_loss',
+           'load_checkpoint', 'register', 'register_model', 'torchreid']

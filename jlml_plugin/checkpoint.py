@@ -1,0 +1,113 @@
+"""Checkpoints that survive interruption, and resuming from them.
+
+Files keep torchreid's layout and keys (``<save_dir>/model/model.pth.tar-<epoch>`` with
+``state_dict``, ``epoch``, ``rank1``, ``optimizer``, ``scheduler``), so torchreid's own
+``load_pretrained_weights`` and ``FeatureExtractor`` read them. The plugin adds the RNG
+states (for a resumed run to continue exactly), the AMP scaler, and ``meta``: what is
+needed to rebuild the model (name, keyword arguments, input size, normalisation).
+
+Writes go to a temporary file in the same folder, then ``os.replace``: a crash leaves
+either the old file or the new one, never half of one. Every value is a tensor or a
+plain Python value, so files load with ``torch.load(weights_only=True)``.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import random
+import re
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+
+from ._files import atomic_open
+from ._torchreid import load_checkpoint
+from .errors import CheckpointError
+
+__all__ = ['atomic_save', 'save_checkpoint', 'latest_checkpoint', 'resume', 'rng_state',
+           'set_rng_state', 'load_checkpoint']
+
+PREFIX = 'model.pth.tar-'
+
+
+def atomic_save(obj: Any, path: str) -> None:
+    """``torch.save`` to ``path`` through a temporary file and an atomic rename."""
+    with atomic_open(path, 'wb') as f:
+        torch.save(obj, f)
+
+
+def rng_state() -> Dict[str, Any]:
+    """Python, numpy and torch RNG states, in a form ``weights_only`` loading accepts."""
+    np_state = np.random.get_state()
+    state = dict(python=random.getstate(), torch=torch.get_rng_state(),
+                 numpy=dict(keys=torch.from_numpy(np_state[1].astype(np.int64)),
+                            pos=int(np_state[2]), has_gauss=int(np_state[3]),
+                            cached_gaussian=float(np_state[4])))
+    if torch.cuda.is_available():
+        state['cuda'] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    random.setstate(_as_tuple(state['python']))
+    torch.set_rng_state(state['torch'])
+    npy = state['numpy']
+    np.random.set_state(('MT19937', npy['keys'].numpy().astype(np.uint32), npy['pos'],
+                         npy['has_gauss'], npy['cached_gaussian']))
+    if 'cuda' in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state['cuda'])
+
+
+def _as_tuple(value):
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def save_checkpoint(state: Dict[str, Any], save_dir: str, keep: int = 2) -> str:
+    """Writes ``state`` as ``<save_dir>/model.pth.tar-<epoch>`` and keeps only the newest
+    ``keep`` such files (0 keeps all). Returns the path."""
+    path = os.path.join(save_dir, f'{PREFIX}{state["epoch"]}')
+    atomic_save(state, path)
+    if keep > 0:
+        for old in _checkpoints(save_dir)[:-keep]:
+            os.remove(old)
+    return path
+
+
+def _checkpoints(save_dir: str) -> list:
+    found = []
+    for path in glob.glob(os.path.join(glob.escape(save_dir), PREFIX + '*')):
+        match = re.fullmatch(re.escape(PREFIX) + r'(\d+)', os.path.basename(path))
+        if match:
+            found.append((int(match.group(1)), path))
+    return [path for _, path in sorted(found)]
+
+
+def latest_checkpoint(save_dir: str) -> Optional[str]:
+    """The newest checkpoint under ``save_dir`` (searched recursively), or None."""
+    candidates = []
+    for folder, _, _ in os.walk(save_dir):
+        candidates += _checkpoints(folder)
+    if not candidates:
+        return None
+    return max(candidates, key=lambda p: (int(p.rsplit('-', 1)[1]), os.path.getmtime(p)))
+
+
+def resume(path: str, model: torch.nn.Module, optimizer=None, scheduler=None,
+           scaler=None) -> int:
+    """Restores weights, optimizer, scheduler, scaler and RNG states; returns the next epoch."""
+    checkpoint = load_checkpoint(path)
+    state_dict = {k[len('module.'):] if k.startswith('module.') else k: v
+                  for k, v in checkpoint['state_dict'].items()}
+    target = model.module if hasattr(model, 'module') else model
+    try:
+        target.load_state_dict(state_dict)
+    except RuntimeError as exc:
+        raise CheckpointError(f'{path} does not fit this model (resume needs the same model '
+                              f'and number of classes): {str(exc).splitlines()[0]}') from exc
+    for name, obj in (('optimizer', optimizer), ('scheduler', scheduler), ('scaler', scaler)):
+        if obj is not None and checkpoint.get(name) is not None:
+            obj.load_state_dict(checkpoint[name])
+    if 'rng' in checkpoint:
+        set_rng_state(checkpoint['rng'])
+    return int(checkpoint['epoch'])

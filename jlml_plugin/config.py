@@ -1,0 +1,326 @@
+"""Configs: torchreid's ``scripts/default_config.py`` schema, plus a commented ``jlml`` section.
+
+:func:`get_default_config` mirrors torchreid's schema key for key and default for
+default, so torchreid's stock YAML files load unchanged (its ``scripts/`` ship in no
+package, hence the copy of the schema, not of the code). :func:`add_jlml_config` adds
+the plugin's keys the detectron2 way, without touching the base schema.
+:func:`load_config` merges a YAML file and ``KEY VALUE`` overrides with one-line errors.
+"""
+from __future__ import annotations
+
+import ast
+import difflib
+import os
+from typing import Any, Dict, Iterable, List, Optional
+
+import torch
+import yaml
+from yacs.config import CfgNode as CN
+
+from .errors import ConfigError
+
+__all__ = ['get_default_config', 'add_jlml_config', 'get_cfg', 'load_config', 'merge_dict',
+           'flatten', 'flat_keys',
+           'imagedata_kwargs', 'optimizer_kwargs', 'lr_scheduler_kwargs', 'engine_run_kwargs']
+
+
+def get_default_config() -> CN:
+    """torchreid's default config (``scripts/default_config.py``), key for key."""
+    cfg = CN()
+    cfg.use_gpu = torch.cuda.is_available()  # torchreid's main.py adds this key at run time
+
+    cfg.model = CN()
+    cfg.model.name = 'resnet50'
+    cfg.model.pretrained = True
+    cfg.model.load_weights = ''
+    cfg.model.resume = ''
+
+    cfg.data = CN()
+    cfg.data.type = 'image'
+    cfg.data.root = 'reid-data'
+    cfg.data.sources = ['market1501']
+    cfg.data.targets = ['market1501']
+    cfg.data.workers = 4
+    cfg.data.split_id = 0
+    cfg.data.height = 256
+    cfg.data.width = 128
+    cfg.data.combineall = False
+    cfg.data.transforms = ['random_flip']
+    cfg.data.k_tfm = 1
+    cfg.data.norm_mean = [0.485, 0.456, 0.406]
+    cfg.data.norm_std = [0.229, 0.224, 0.225]
+    cfg.data.save_dir = 'log'
+    cfg.data.load_train_targets = False
+
+    cfg.market1501 = CN()
+    cfg.market1501.use_500k_distractors = False
+    cfg.cuhk03 = CN()
+    cfg.cuhk03.labeled_images = False
+    cfg.cuhk03.classic_split = False
+    cfg.cuhk03.use_metric_cuhk03 = False
+
+    cfg.sampler = CN()
+    cfg.sampler.train_sampler = 'RandomSampler'
+    cfg.sampler.train_sampler_t = 'RandomSampler'
+    cfg.sampler.num_instances = 4
+    cfg.sampler.num_cams = 1
+    cfg.sampler.num_datasets = 1
+
+    cfg.video = CN()
+    cfg.video.seq_len = 15
+    cfg.video.sample_method = 'evenly'
+    cfg.video.pooling_method = 'avg'
+
+    cfg.train = CN()
+    cfg.train.optim = 'adam'
+    cfg.train.lr = 0.0003
+    cfg.train.weight_decay = 5e-4
+    cfg.train.max_epoch = 60
+    cfg.train.start_epoch = 0
+    cfg.train.batch_size = 32
+    cfg.train.fixbase_epoch = 0
+    cfg.train.open_layers = ['classifier']
+    cfg.train.staged_lr = False
+    cfg.train.new_layers = ['classifier']
+    cfg.train.base_lr_mult = 0.1
+    cfg.train.lr_scheduler = 'single_step'
+    cfg.train.stepsize = [20]
+    cfg.train.gamma = 0.1
+    cfg.train.print_freq = 20
+    cfg.train.seed = 1
+
+    cfg.sgd = CN()
+    cfg.sgd.momentum = 0.9
+    cfg.sgd.dampening = 0.
+    cfg.sgd.nesterov = False
+    cfg.rmsprop = CN()
+    cfg.rmsprop.alpha = 0.99
+    cfg.adam = CN()
+    cfg.adam.beta1 = 0.9
+    cfg.adam.beta2 = 0.999
+
+    cfg.loss = CN()
+    cfg.loss.name = 'softmax'
+    cfg.loss.softmax = CN()
+    cfg.loss.softmax.label_smooth = True
+    cfg.loss.triplet = CN()
+    cfg.loss.triplet.margin = 0.3
+    cfg.loss.triplet.weight_t = 1.
+    cfg.loss.triplet.weight_x = 0.
+
+    cfg.test = CN()
+    cfg.test.batch_size = 100
+    cfg.test.dist_metric = 'euclidean'
+    cfg.test.normalize_feature = False
+    cfg.test.ranks = [1, 5, 10, 20]
+    cfg.test.evaluate = False
+    cfg.test.eval_freq = -1
+    cfg.test.start_eval = 0
+    cfg.test.rerank = False
+    cfg.test.visrank = False
+    cfg.test.visrank_topk = 10
+    return cfg
+
+
+def add_jlml_config(cfg: CN) -> CN:
+    """Adds the plugin's keys; every default reproduces the documented JLML setup."""
+    # --- the JLML network (read by JLML models only; `build_model` cannot pass them) ---
+    cfg.jlml = CN()
+    cfg.jlml.num_stripes = 4        # local-branch stripes m; the input height must split into them
+    cfg.jlml.feat_dim = 512         # feature size of each branch; the test feature joins both
+    cfg.jlml.dropout = 0.0          # dropout after each branch's feature layer, in training
+    cfg.jlml.stem_width = 64        # channels of the shared low-level conv layer
+    cfg.jlml.global_widths = [32, 64, 128, 256]  # bottleneck widths of the global stages
+    cfg.jlml.local_widths = [16, 32, 64, 128]    # ... of each stripe stream's stages
+    # --- the multi-loss objective: w_g CE_g + w_l CE_l + lambda_g R_g + lambda_l R_l ---
+    cfg.jlml.weight_global = 1.0    # w_g, weight of the global branch's identity loss
+    cfg.jlml.weight_local = 1.0     # w_l, weight of the local branch's identity loss
+    cfg.jlml.reg_global = CN()      # R_g: structured sparsity on the global feature layer
+    cfg.jlml.reg_global.kind = 'group_lasso'            # L2,1 over input columns
+    cfg.jlml.reg_global.weight = 5e-4                   # lambda_g (our choice; 0 = off)
+    cfg.jlml.reg_global.param = ''  # '' = the model's global feature layer; any named
+    #                                 parameter works, e.g. 'fc.0.weight' on osnet
+    cfg.jlml.reg_local = CN()       # R_l: structured sparsity on the local feature layer
+    cfg.jlml.reg_local.kind = 'exclusive_group_lasso'   # L1,2, one group per stripe
+    cfg.jlml.reg_local.weight = 5e-7                    # lambda_l (our choice; 0 = off)
+    cfg.jlml.reg_local.param = ''   # '' = the model's local feature layer
+    cfg.jlml.reg_local.groups = 0   # column groups; 0 = num_stripes on JLML models, else 1
+    cfg.jlml.engine = 'auto'        # 'auto' (by loss.name), 'softmax' or 'triplet'
+
+    # --- training extras the plugin adds to torchreid's engine ---
+    cfg.train.amp = 'off'           # 'off', 'bf16' or 'fp16' autocast (+ GradScaler for fp16)
+    cfg.train.channels_last = False  # NHWC memory format (faster convs on CPU and GPU)
+    cfg.train.checkpoint_freq = 1   # save a resumable checkpoint every N epochs (0 = only at evals/end)
+    cfg.train.keep_checkpoints = 2  # keep the newest N checkpoints (0 = all)
+    cfg.train.deterministic = False  # deterministic kernels (slower; for exact resume checks)
+
+    # --- torchrun / DistributedDataParallel; read only when WORLD_SIZE > 1 ---
+    cfg.dist = CN()
+    cfg.dist.backend = 'auto'       # 'auto' (nccl on GPU, else gloo), 'nccl' or 'gloo'
+    cfg.dist.sync_bn = False        # convert BatchNorm to SyncBatchNorm (GPU only)
+    cfg.dist.lr_reference_batch = 0  # linear LR scaling: lr x batch_size / this (0 = off);
+    #                                  train.batch_size is the global batch, split across ranks
+    return cfg
+
+
+def get_cfg() -> CN:
+    """torchreid's default config with the plugin's keys added."""
+    return add_jlml_config(get_default_config())
+
+
+# ----------------------------------------------------------------------------- merging
+
+
+def flat_keys(cfg: CN, prefix: str = '') -> Dict[str, Any]:
+    """Every leaf key of ``cfg`` as ``'section.key'``, with its value."""
+    out = {}
+    for key, value in cfg.items():
+        if isinstance(value, CN):
+            out.update(flat_keys(value, prefix + key + '.'))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def _unknown_key(key: str, known: Iterable[str], where: str) -> ConfigError:
+    close = difflib.get_close_matches(key, list(known), n=3, cutoff=0.6)
+    hint = f'; did you mean {" or ".join(close)}?' if close else ''
+    return ConfigError(f'unknown config key {key!r} {where}{hint}')
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    """``value`` with the type of ``default``, or a ConfigError that names both."""
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+    elif isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)  # yacs refuses `train.lr 1`; an int is a fine float
+    elif isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(default, str):
+        if isinstance(value, str):
+            return value
+    elif isinstance(default, (list, tuple)):
+        if isinstance(value, (list, tuple)):
+            return list(value)
+        if isinstance(value, str):  # `-s market1501` style single item
+            return [value]
+    else:
+        return value
+    expected = 'a list' if isinstance(default, (list, tuple)) else type(default).__name__
+    raise ConfigError(f'{key} expects {expected} (like {default!r}), got {value!r}')
+
+
+def _decode(text: str) -> Any:
+    """A text value as yacs reads it (a Python literal), else as YAML reads it
+    (``true``, ``[a, b]``), else the text itself."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        pass
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def merge_dict(cfg: CN, values: Dict[str, Any], where: str) -> None:
+    """Merges a nested mapping of config values into ``cfg``, checking keys and types."""
+    known = flat_keys(cfg)
+    for key, value in flatten(values).items():
+        if key not in known:
+            raise _unknown_key(key, known, where)
+        if isinstance(value, str) and not isinstance(known[key], str):
+            value = _decode(value)  # YAML reads `1e-4` as a string; yacs as a float
+        _set(cfg, key, _coerce(key, value, known[key]))
+
+
+def flatten(values: Dict[str, Any], prefix: str = '') -> Dict[str, Any]:
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, prefix + str(key) + '.'))
+        else:
+            out[prefix + str(key)] = value
+    return out
+
+
+def _set(cfg: CN, key: str, value: Any) -> None:
+    node = cfg
+    *parents, leaf = key.split('.')
+    for name in parents:
+        node = node[name]
+    node[leaf] = value
+
+
+def load_config(config_file: Optional[str] = None, opts: Optional[List[str]] = None,
+                base: Optional[CN] = None) -> CN:
+    """``base`` (default :func:`get_cfg`) merged with a YAML file, then ``KEY VALUE`` pairs."""
+    cfg = base if base is not None else get_cfg()
+    if config_file:
+        if not os.path.isfile(config_file):
+            raise ConfigError(f'config file not found: {config_file}')
+        try:
+            with open(config_file) as f:
+                values = yaml.safe_load(f) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f'cannot parse {config_file}: {str(exc).splitlines()[0]}') from exc
+        if not isinstance(values, dict):
+            raise ConfigError(f'{config_file} must hold a mapping of config sections')
+        merge_dict(cfg, values, f'in {config_file}')
+    opts = list(opts or [])
+    if len(opts) % 2:
+        raise ConfigError(f'overrides come in KEY VALUE pairs; {opts[-1]!r} has no value')
+    known = flat_keys(cfg)
+    for key, text in zip(opts[::2], opts[1::2]):
+        if key not in known:
+            raise _unknown_key(key, known, 'on the command line')
+        _set(cfg, key, _coerce(key, _decode(text), known[key]))
+    return cfg
+
+
+# ----------------------------------------------------------- config -> torchreid calls
+
+
+def imagedata_kwargs(cfg: CN) -> Dict[str, Any]:
+    """Arguments of torchreid's ``ImageDataManager``, as torchreid's main.py maps them."""
+    return dict(
+        root=cfg.data.root, sources=cfg.data.sources, targets=cfg.data.targets,
+        height=cfg.data.height, width=cfg.data.width, transforms=cfg.data.transforms,
+        k_tfm=cfg.data.k_tfm, norm_mean=cfg.data.norm_mean, norm_std=cfg.data.norm_std,
+        use_gpu=cfg.use_gpu, split_id=cfg.data.split_id, combineall=cfg.data.combineall,
+        load_train_targets=cfg.data.load_train_targets,
+        batch_size_train=cfg.train.batch_size, batch_size_test=cfg.test.batch_size,
+        workers=cfg.data.workers, num_instances=cfg.sampler.num_instances,
+        num_cams=cfg.sampler.num_cams, num_datasets=cfg.sampler.num_datasets,
+        train_sampler=cfg.sampler.train_sampler, train_sampler_t=cfg.sampler.train_sampler_t,
+        cuhk03_labeled=cfg.cuhk03.labeled_images, cuhk03_classic_split=cfg.cuhk03.classic_split,
+        market1501_500k=cfg.market1501.use_500k_distractors)
+
+
+def optimizer_kwargs(cfg: CN) -> Dict[str, Any]:
+    return dict(
+        optim=cfg.train.optim, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
+        momentum=cfg.sgd.momentum, sgd_dampening=cfg.sgd.dampening,
+        sgd_nesterov=cfg.sgd.nesterov, rmsprop_alpha=cfg.rmsprop.alpha,
+        adam_beta1=cfg.adam.beta1, adam_beta2=cfg.adam.beta2, staged_lr=cfg.train.staged_lr,
+        new_layers=cfg.train.new_layers, base_lr_mult=cfg.train.base_lr_mult)
+
+
+def lr_scheduler_kwargs(cfg: CN) -> Dict[str, Any]:
+    return dict(lr_scheduler=cfg.train.lr_scheduler, stepsize=cfg.train.stepsize,
+                gamma=cfg.train.gamma, max_epoch=cfg.train.max_epoch)
+
+
+def engine_run_kwargs(cfg: CN) -> Dict[str, Any]:
+    return dict(
+        save_dir=cfg.data.save_dir, max_epoch=cfg.train.max_epoch,
+        start_epoch=cfg.train.start_epoch, fixbase_epoch=cfg.train.fixbase_epoch,
+        open_layers=cfg.train.open_layers, start_eval=cfg.test.start_eval,
+        eval_freq=cfg.test.eval_freq, test_only=cfg.test.evaluate,
+        print_freq=cfg.train.print_freq, dist_metric=cfg.test.dist_metric,
+        normalize_feature=cfg.test.normalize_feature, visrank=cfg.test.visrank,
+        visrank_topk=cfg.test.visrank_topk, use_metric_cuhk03=cfg.cuhk03.use_metric_cuhk03,
+        ranks=cfg.test.ranks, rerank=cfg.test.rerank)

@@ -1,0 +1,90 @@
+"""CUHK01 with seeded, fixed splits (replaces torchreid's ``cuhk01`` on import).
+
+torchreid's own CUHK01 draws its 10 partitions with an unseeded numpy shuffle and writes
+them, with absolute paths, into ``splits.json`` inside the dataset folder: two machines
+get different people for the same split id. Here the partitions are a pure function of
+a seed and the split needs no file at all:
+
+* partition ``p`` (0-9) shuffles the 971 identities with a Fisher-Yates shuffle driven by
+  ``random.Random(SEED + p).random()`` (whose sequence Python guarantees across
+  versions); the first 485 shuffled identities train, the other 486 are test identities;
+* split id ``2p`` uses camera view A (images 001/002) as query and view B (003/004) as
+  gallery; split id ``2p + 1`` the reverse. Camera ids are 0 (A) and 1 (B), as in torchreid.
+
+Paths in :func:`make_split` are relative to ``<root>/cuhk01/campus``. Nothing is written
+into the dataset folder, so it may be read-only.
+"""
+from __future__ import annotations
+
+import os
+import random
+from typing import Dict, List, Tuple
+
+from .. import _torchreid
+from ..errors import ConfigError, DataError
+
+__all__ = ['CUHK01', 'SEED', 'NUM_SPLITS', 'partition', 'make_split']
+
+SEED = 2017
+NUM_IDS = 971
+NUM_TRAIN_IDS = 485
+NUM_PARTITIONS = 10
+NUM_SPLITS = 2 * NUM_PARTITIONS
+LAYOUT = '<root>/cuhk01/campus/NNNNIII.png (971 identities NNNN = 0001-0971, images III = 001-004)'
+
+
+def partition(index: int) -> Tuple[List[int], List[int]]:
+    """(train identities, test identities), 1-based as in the file names, each sorted."""
+    rng = random.Random(SEED + index)
+    ids = list(range(1, NUM_IDS + 1))
+    for i in range(len(ids) - 1, 0, -1):
+        j = int(rng.random() * (i + 1))
+        ids[i], ids[j] = ids[j], ids[i]
+    return sorted(ids[:NUM_TRAIN_IDS]), sorted(ids[NUM_TRAIN_IDS:])
+
+
+def _check_split_id(split_id: int) -> None:
+    if not 0 <= split_id < NUM_SPLITS:
+        raise ConfigError(f'cuhk01 split_id {split_id} is out of range: use 0-{NUM_SPLITS - 1} '
+                          f'(partition = split_id // 2, direction = split_id % 2)')
+
+
+def make_split(split_id: int, file_names: List[str]) -> Dict[str, list]:
+    """torchreid's split structure (train/query/gallery lists of ``(relative path, pid,
+    camid)`` and id counts) for ``split_id``, from the campus folder's file names."""
+    _check_split_id(split_id)
+    train_ids, _ = partition(split_id // 2)
+    label = {pid: i for i, pid in enumerate(train_ids)}
+    query_view = split_id % 2
+    train, query, gallery = [], [], []
+    for name in sorted(file_names):
+        pid, camid = int(name[:4]), (int(name[4:7]) - 1) // 2
+        if pid in label:
+            train.append((name, label[pid], camid))
+        else:
+            (query if camid == query_view else gallery).append((name, pid - 1, camid))
+    return dict(train=train, query=query, gallery=gallery, num_train_pids=NUM_TRAIN_IDS,
+                num_query_pids=NUM_IDS - NUM_TRAIN_IDS, num_gallery_pids=NUM_IDS - NUM_TRAIN_IDS)
+
+
+class CUHK01(_torchreid.data.ImageDataset):
+    """CUHK01 (Li et al., ACCV 2012): 971 identities, 2 camera views, 2 images per view.
+
+    The same ``split_id`` (0-19) means the same people on every machine.
+    """
+    dataset_dir = 'cuhk01'
+
+    def __init__(self, root: str = '', split_id: int = 0, **kwargs) -> None:
+        _check_split_id(split_id)
+        self.root = os.path.abspath(os.path.expanduser(root))
+        self.dataset_dir = os.path.join(self.root, self.dataset_dir)
+        self.campus_dir = os.path.join(self.dataset_dir, 'campus')
+        names = (sorted(n for n in os.listdir(self.campus_dir) if n.endswith('.png'))
+                 if os.path.isdir(self.campus_dir) else [])
+        if len(names) != NUM_IDS * 4:
+            raise DataError(f'cuhk01: expected {NUM_IDS * 4} images in {self.campus_dir}, '
+                            f'found {len(names)}; torchreid expects {LAYOUT}')
+        split = make_split(split_id, names)
+        resolve = lambda items: [(os.path.join(self.campus_dir, n), p, c) for n, p, c in items]  # noqa: E731
+        super().__init__(resolve(split['train']), resolve(split['query']),
+                         resolve(split['gallery']), **kwargs)

@@ -1,0 +1,269 @@
+"""``jlml-leaderboard``: JLML and torchreid baselines trained under one identical protocol.
+
+    jlml-leaderboard --config configs/leaderboard/cuhk01.yaml --root <folder holding cuhk01/>
+
+A leaderboard config names one ``protocol`` (a torchreid-style config section: dataset,
+input size, transforms, optimizer, lr schedule, epochs, batch, sampler, seed), the
+``splits`` to run, the ``models`` and optional ``ablations`` (each with its own splits).
+Every run goes through :func:`jlml_plugin.runner.train`: torchreid's data manager,
+sampler, engine path and the exact evaluator. A model entry may override only
+``jlml.*`` keys (the ablations' knobs): the protocol is never tuned per model.
+
+The whole config is validated before anything trains. Finished runs are recorded
+atomically in ``<output>/results.jsonl`` and skipped when the command runs again; an
+interrupted run resumes from its last checkpoint. After each run the CSV, JSON,
+Markdown table and CMC plot are rewritten.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+import yaml
+
+from . import _torchreid, report
+from ._cli import Tee, main_wrapper
+from .config import flatten, get_cfg, merge_dict
+from .data.cuhk01 import NUM_SPLITS as CUHK01_SPLITS
+from .errors import ConfigError
+from .runner import train, validate
+
+__all__ = ['Run', 'load_leaderboard', 'plan_runs', 'environment', 'run_leaderboard', 'main']
+
+_TOP_KEYS = {'name', 'title', 'output', 'root', 'splits', 'protocol', 'models', 'ablations'}
+_SPLIT_COUNTS = {'cuhk01': CUHK01_SPLITS}
+
+
+@dataclass
+class Run:
+    label: str
+    model: str
+    split_id: int
+    group: str
+    overrides: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f'{self.label}/split{self.split_id}'
+
+
+def load_leaderboard(path: str) -> Dict[str, Any]:
+    if not os.path.isfile(path):
+        raise ConfigError(f'leaderboard config not found: {path}')
+    with open(path) as f:
+        spec = yaml.safe_load(f) or {}
+    unknown = set(spec) - _TOP_KEYS
+    if unknown:
+        raise ConfigError(f'unknown leaderboard key(s) {sorted(unknown)} in {path}; '
+                          f'expected {sorted(_TOP_KEYS)}')
+    for key in ('output', 'protocol', 'models', 'splits'):
+        if key not in spec:
+            raise ConfigError(f'{path} needs a {key!r} entry')
+    return spec
+
+
+def _entries(items: List[Any], where: str) -> List[Dict[str, Any]]:
+    out = []
+    for item in items or []:
+        entry = {'name': item} if isinstance(item, str) else dict(item)
+        if 'name' not in entry:
+            raise ConfigError(f'every entry of {where} needs a model name: {item!r}')
+        extra = set(entry) - {'name', 'label', 'overrides'}
+        if extra:
+            raise ConfigError(f'unknown key(s) {sorted(extra)} in {where} entry {entry["name"]}')
+        overrides = flatten(entry.get('overrides') or {})
+        tuned = [k for k in overrides if not k.startswith('jlml.')]
+        if tuned:
+            raise ConfigError(f'{where} entry {entry["name"]} overrides {tuned}: only jlml.* '
+                              f'keys may differ between models; the protocol is shared')
+        entry['overrides'] = overrides
+        entry.setdefault('label', entry['name'])
+        out.append(entry)
+    return out
+
+
+def plan_runs(spec: Dict[str, Any]) -> List[Run]:
+    """Every (model, split) run, split by split, so early results cover every model."""
+    models = _entries(spec['models'], 'models')
+    ablations = spec.get('ablations') or {}
+    ablation_models = _entries(ablations.get('models'), 'ablations.models')
+    ablation_splits = ablations.get('splits', spec['splits'][:1])
+    runs = []
+    for split in dict.fromkeys(list(spec['splits']) + list(ablation_splits)):
+        if split in spec['splits']:
+            runs += [Run(m['label'], m['name'], split, 'models', m['overrides']) for m in models]
+        if split in ablation_splits:
+            runs += [Run(m['label'], m['name'], split, 'ablation', m['overrides'])
+                     for m in ablation_models]
+    labels = [r.key for r in runs]
+    if len(labels) != len(set(labels)):
+        raise ConfigError('two leaderboard entries share a label; give each a distinct label')
+    return runs
+
+
+def _run_config(spec: Dict[str, Any], run: Run, root: str, output: str):
+    cfg = get_cfg()
+    merge_dict(cfg, spec['protocol'], 'in protocol')
+    merge_dict(cfg, {'model': {'name': run.model}, 'data': {'split_id': run.split_id}},
+               'in models')
+    merge_dict(cfg, run.overrides, f'in {run.label} overrides')
+    if root:
+        cfg.data.root = root
+    cfg.data.save_dir = os.path.join(output, 'runs', run.label, f'split{run.split_id}')
+    return cfg
+
+
+def protocol_hash(spec: Dict[str, Any]) -> str:
+    """A fingerprint of the shared protocol; runs recorded under another one are refused."""
+    text = json.dumps(spec['protocol'], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def environment() -> Dict[str, Any]:
+    """What produced the numbers: versions, device, threads."""
+    if torch.cuda.is_available():
+        device = torch.cuda.get_device_name(0)
+    else:
+        device = platform.processor() or platform.machine()
+        try:
+            with open('/proc/cpuinfo') as f:
+                names = [line.split(':', 1)[1].strip() for line in f if line.startswith('model name')]
+            if names:
+                device = f'{names[0]} ({len(names)} logical CPUs)'
+        except OSError:
+            pass
+    return dict(torch=torch.__version__, torchreid=_torchreid.describe(),
+                python=platform.python_version(), numpy=np.__version__, device=device,
+                torch_threads=torch.get_num_threads(), platform=platform.platform())
+
+
+def _check_writable(folder: str) -> None:
+    try:
+        os.makedirs(folder, exist_ok=True)
+        report.atomic_write_text(os.path.join(folder, '.write-test'), 'ok')
+        os.remove(os.path.join(folder, '.write-test'))
+    except OSError as exc:
+        raise ConfigError(f'cannot write to the results folder {folder}: {exc.strerror or exc}') from exc
+
+
+def run_leaderboard(config: str, root: str = '', output: str = '', only: Optional[List[str]] = None,
+                    dry_run: bool = False) -> List[Dict[str, Any]]:
+    spec = load_leaderboard(config)
+    output = output or spec['output']
+    runs = plan_runs(spec)
+    if only:
+        runs = [r for r in runs if r.label in only]
+        if not runs:
+            raise ConfigError(f'--only {",".join(only)} matches no leaderboard entry')
+    fingerprint = protocol_hash(spec)
+    # Validate everything before the first epoch: splits, models, datasets, folders.
+    configs = {run.key: _run_config(spec, run, root or spec.get('root', ''), output)
+               for run in runs}
+    for run in runs:
+        for dataset in configs[run.key].data.sources + configs[run.key].data.targets:
+            count = _SPLIT_COUNTS.get(dataset)
+            if count is not None and not 0 <= run.split_id < count:
+                raise ConfigError(f'split id {run.split_id} is out of range for {dataset}: use '
+                                  f'0-{count - 1}')
+    for run in runs:
+        try:
+            validate(configs[run.key])
+        except ConfigError as exc:
+            raise ConfigError(f'{run.label}: {exc}') from exc
+    _check_writable(output)
+    done = {}
+    for record in report.load_records(output):
+        if record.get('protocol') != fingerprint:
+            raise ConfigError(f'{output} holds results of another protocol ({record.get("protocol")}'
+                              f' vs {fingerprint}); use a new output folder')
+        done[f'{record["label"]}/split{record["split_id"]}'] = record
+    todo = [r for r in runs if r.key not in done]
+    print(f'Leaderboard {spec.get("name", config)}: {len(runs)} runs, {len(runs) - len(todo)} done, '
+          f'{len(todo)} to go; results in {output}')
+    if dry_run:
+        for run in todo:
+            print(f'  would run {run.key} ({run.model})')
+        return report.summarize(report.load_records(output))
+    env = environment()
+    report.atomic_write_text(os.path.join(output, 'environment.json'), json.dumps(env, indent=1))
+    order = list(dict.fromkeys(r.label for r in runs))
+    for index, run in enumerate(todo, 1):
+        cfg = configs[run.key]
+        print(f'\n[{index}/{len(todo)}] {run.key}: {run.model} on {cfg.data.sources} split '
+              f'{run.split_id}', flush=True)
+        console = sys.stdout
+        tee = Tee(console, os.path.join(cfg.data.save_dir, 'train.log'))
+        sys.stdout = tee
+        try:
+            result = train(cfg, resume_latest=True)
+        finally:
+            sys.stdout = console
+            tee.close()
+        target = cfg.data.targets[0]
+        metrics = result.results[target]
+        record = dict(label=run.label, model=run.model, group=run.group, split_id=run.split_id,
+                      dataset=target, protocol=fingerprint, **metrics.as_dict((1, 5, 10, 20)),
+                      cmc=[float(v) for v in metrics.cmc[:50]], params=result.num_params,
+                      gflops=result.flops / 1e9, input=f'{cfg.data.height}x{cfg.data.width}',
+                      epochs=cfg.train.max_epoch,
+                      train_images_per_s=result.train_images_per_second,
+                      train_seconds=result.train_seconds, wall_seconds=result.wall_seconds,
+                      finished_at=time.strftime('%Y-%m-%dT%H:%M:%S'), env=env)
+        report.append_record(output, record)
+        report.write_report(output, order, title=spec.get('title', ''), header=_header(spec, env))
+        print(f'=> {run.key}: R1 {record["rank1"]:.1%} mAP {record["mAP"]:.1%} '
+              f'mINP {record["mINP"]:.1%} ({result.wall_seconds / 60:.0f} min)', flush=True)
+    return report.write_report(output, order, title=spec.get('title', ''), header=_header(spec, env))
+
+
+def _header(spec: Dict[str, Any], env: Dict[str, Any]) -> str:
+    protocol = yaml.safe_dump(spec['protocol'], sort_keys=False).strip()
+    return (f'Every model: the same protocol, below; R1/R5/R10/mAP/mINP in %, mean ± std over '
+            f'splits.\nEnvironment: {env["device"]}, torch {env["torch"]}, {env["torchreid"]}.\n\n'
+            f'```yaml\n{protocol}\n```\n')
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog='jlml-leaderboard', description=__doc__.split('\n\n')[0])
+    parser.add_argument('--config', required=True, help='leaderboard YAML')
+    parser.add_argument('--root', default='', help='datasets folder (overrides the config)')
+    parser.add_argument('--output', default='', help='results folder (overrides the config)')
+    parser.add_argument('--only', default='', help='comma-separated labels to run')
+    parser.add_argument('--dry-run', action='store_true', help='validate and list the runs left')
+    parser.add_argument('--report-only', action='store_true',
+                        help='rewrite tables and plots from the recorded results')
+    parser.add_argument('--debug', action='store_true', help='show tracebacks')
+    return parser
+
+
+def run(argv: List[str]) -> int:
+    args = build_parser().parse_args(argv)
+    if args.report_only:
+        spec = load_leaderboard(args.config)
+        output = args.output or spec['output']
+        order = list(dict.fromkeys(r.label for r in plan_runs(spec)))
+        records = report.load_records(output)
+        env = records[-1]['env'] if records else environment()
+        report.write_report(output, order, title=spec.get('title', ''), header=_header(spec, env))
+        return 0
+    only = [s for s in args.only.split(',') if s]
+    run_leaderboard(args.config, root=args.root, output=args.output, only=only,
+                    dry_run=args.dry_run)
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    return main_wrapper('jlml-leaderboard', run, argv)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

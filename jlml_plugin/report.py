@@ -1,0 +1,141 @@
+"""Leaderboard results: one JSON record per (model, split), aggregated into tables and plots.
+
+Records live in ``results.jsonl`` (rewritten atomically on every append). From them,
+:func:`write_report` writes ``results.csv`` (one row per run), ``summary.json`` (mean
+and std over splits per model), ``leaderboard.md`` (torchreid MODEL_ZOO style) and
+``cmc.png`` (each model's mean CMC curve).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections import OrderedDict
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from ._files import atomic_open
+
+__all__ = ['load_records', 'append_record', 'summarize', 'write_report', 'plot_cmc',
+           'markdown_table', 'atomic_write_text']
+
+RECORDS = 'results.jsonl'
+CSV_FIELDS = ['label', 'model', 'split_id', 'rank1', 'rank5', 'rank10', 'rank20', 'mAP', 'mINP',
+              'params', 'gflops', 'input', 'epochs', 'train_images_per_s', 'train_seconds',
+              'wall_seconds', 'finished_at']
+METRICS = ['rank1', 'rank5', 'rank10', 'rank20', 'mAP', 'mINP', 'train_images_per_s',
+           'wall_seconds']
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    with atomic_open(path, 'w') as f:
+        f.write(text)
+
+
+def load_records(folder: str) -> List[Dict[str, Any]]:
+    path = os.path.join(folder, RECORDS)
+    if not os.path.isfile(path):
+        return []
+    with open(path, encoding='utf-8') as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def append_record(folder: str, record: Dict[str, Any]) -> None:
+    """Adds one finished run; the file is replaced whole, so it is never half-written."""
+    lines = [json.dumps(r, sort_keys=True) for r in load_records(folder) + [record]]
+    atomic_write_text(os.path.join(folder, RECORDS), '\n'.join(lines) + '\n')
+
+
+def summarize(records: List[Dict[str, Any]], order: Optional[List[str]] = None
+              ) -> List[Dict[str, Any]]:
+    """Mean and std over splits of each label's runs, in ``order`` (then first seen)."""
+    groups: Dict[str, List[Dict[str, Any]]] = OrderedDict()
+    for label in order or []:
+        groups[label] = []
+    for record in records:
+        groups.setdefault(record['label'], []).append(record)
+    rows = []
+    for label, runs in groups.items():
+        if not runs:
+            continue
+        row = dict(label=label, model=runs[0]['model'], params=runs[0]['params'],
+                   gflops=runs[0]['gflops'], input=runs[0]['input'], epochs=runs[0]['epochs'],
+                   splits=sorted(r['split_id'] for r in runs), group=runs[0].get('group', ''))
+        for key in METRICS:
+            values = np.array([r[key] for r in runs], dtype=float)
+            row[key] = float(values.mean())
+            row[key + '_std'] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        row['cmc'] = np.mean([r['cmc'] for r in runs], axis=0).tolist()
+        rows.append(row)
+    return rows
+
+
+def _pm(row: Dict[str, Any], key: str, scale: float = 100.0, digits: int = 1) -> str:
+    mean = f'{row[key] * scale:.{digits}f}'
+    return f'{mean} ± {row[key + "_std"] * scale:.{digits}f}' if len(row['splits']) > 1 else mean
+
+
+def markdown_table(rows: List[Dict[str, Any]]) -> str:
+    """torchreid MODEL_ZOO-style table: R1 (mAP) first, then the rest."""
+    out = ['| Model | Params (M) | GFLOPs | Input | R1 (mAP) | R5 | R10 | mINP | '
+           'train img/s | wall time | splits |',
+           '|---|---|---|---|---|---|---|---|---|---|---|']
+    for row in rows:
+        minutes = row['wall_seconds'] / 60
+        out.append(
+            f"| {row['label']} | {row['params'] / 1e6:.1f} | {row['gflops']:.2f} | {row['input']} "
+            f"| {_pm(row, 'rank1')} ({_pm(row, 'mAP')}) | {_pm(row, 'rank5')} "
+            f"| {_pm(row, 'rank10')} | {_pm(row, 'mINP')} "
+            f"| {row['train_images_per_s']:.1f} | {minutes:.0f} min "
+            f"| {len(row['splits'])} ({', '.join(map(str, row['splits']))}) |")
+    return '\n'.join(out) + '\n'
+
+
+def plot_cmc(rows: List[Dict[str, Any]], path: str, max_rank: int = 20,
+             title: str = 'CMC') -> None:
+    """Each row's mean CMC curve over ranks 1..``max_rank``, as a PNG."""
+    import matplotlib
+    matplotlib.use('Agg')
+    from matplotlib import pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for row in rows:
+        cmc = np.asarray(row['cmc'][:max_rank]) * 100
+        style = '-' if row.get('group', '') != 'ablation' else '--'
+        ax.plot(np.arange(1, len(cmc) + 1), cmc, style, marker='o', markersize=3,
+                label=f"{row['label']} (R1 {cmc[0]:.1f})")
+    ax.set_xlabel('rank')
+    ax.set_ylabel('matching rate (%)')
+    ax.set_title(title)
+    ax.set_xlim(1, max_rank)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc='lower right')
+    fig.tight_layout()
+    with atomic_open(path, 'wb') as f:
+        fig.savefig(f, format='png', dpi=110)
+    plt.close(fig)
+
+
+def write_report(folder: str, order: Optional[List[str]] = None, title: str = '',
+                 header: str = '') -> List[Dict[str, Any]]:
+    """Regenerates every report file in ``folder`` from its records."""
+    records = load_records(folder)
+    rows = summarize(records, order)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=CSV_FIELDS, extrasaction='ignore',
+                            lineterminator='\n')
+    writer.writeheader()
+    for record in records:
+        writer.writerow(record)
+    atomic_write_text(os.path.join(folder, 'results.csv'), text.getvalue())
+    atomic_write_text(os.path.join(folder, 'summary.json'), json.dumps(rows, indent=1) + '\n')
+    groups = OrderedDict()
+    for row in rows:
+        groups.setdefault(row['group'] or 'models', []).append(row)
+    body = ''.join(f'\n### {name}\n\n{markdown_table(group)}' for name, group in groups.items())
+    atomic_write_text(os.path.join(folder, 'leaderboard.md'),
+                      f'# {title or "Leaderboard"}\n\n{header}{body}')
+    if rows:
+        plot_cmc(rows, os.path.join(folder, 'cmc.png'), title=title or 'CMC')
+    return rows

@@ -1,0 +1,253 @@
+"""From a config to a finished run, the way torchreid's ``scripts/main.py`` does it.
+
+:func:`validate` checks a whole config before any work starts; :func:`train` then
+builds torchreid's data manager, the model (JLML models with the ``jlml`` keys, any
+other through ``build_model``), torchreid's optimizer and scheduler, the engine, and
+runs it. The ``jlml-train`` and ``jlml-leaderboard`` commands both come through here,
+so a baseline and JLML follow exactly the same path.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
+
+import torch
+from yacs.config import CfgNode as CN
+
+from . import _torchreid
+from .checkpoint import latest_checkpoint, resume as resume_checkpoint
+from .config import (engine_run_kwargs, imagedata_kwargs, lr_scheduler_kwargs,
+                     optimizer_kwargs)
+from .data import check_datasets
+from .distributed import (DistInfo, barrier, distributed_train_loader, init_from_env,
+                          launched_by_torchrun, per_rank_batch)
+from .engine import AMP_MODES, JLMLEngine, JLMLTripletEngine
+from .errors import ConfigError
+from .metrics import RankResult
+from .models import MODELS
+from .regularizers import REGULARIZERS, SparsityHook, SparsityTerm
+
+__all__ = ['validate', 'build_model', 'build_regularizer', 'train', 'RunResult',
+           'model_kwargs']
+
+_tr = _torchreid
+
+
+def _one_of(what: str, value: str, choices) -> None:
+    if value not in choices:
+        raise ConfigError(f'unknown {what} {value!r}; choose one of: {", ".join(choices)}')
+
+
+def validate(cfg: CN, check_data: bool = True) -> None:
+    """Raises a one-line :class:`ConfigError` (or ``DataError``) for a config that
+    cannot run, before anything is built."""
+    _one_of('model.name', cfg.model.name, sorted(_tr.model_factory()))
+    _one_of('loss.name', cfg.loss.name, ['softmax', 'triplet'])
+    _one_of('data.type', cfg.data.type, ['image'])
+    _one_of('sampler.train_sampler', cfg.sampler.train_sampler, _tr.available_samplers())
+    _one_of('train.optim', cfg.train.optim, _tr.available_optimizers())
+    _one_of('train.lr_scheduler', cfg.train.lr_scheduler, _tr.available_schedulers())
+    _one_of('train.amp', cfg.train.amp, list(AMP_MODES))
+    _one_of('jlml.engine', cfg.jlml.engine, ['auto', 'softmax', 'triplet'])
+    _one_of('dist.backend', cfg.dist.backend, ['auto', 'nccl', 'gloo'])
+    _one_of('test.dist_metric', cfg.test.dist_metric, ['euclidean', 'cosine'])
+    for name in ('reg_global', 'reg_local'):
+        term = cfg.jlml[name]
+        _one_of(f'jlml.{name}.kind', term.kind, sorted(REGULARIZERS))
+        if term.weight < 0:
+            raise ConfigError(f'jlml.{name}.weight must be >= 0, got {term.weight}')
+    for key in ('weight_global', 'weight_local'):
+        if cfg.jlml[key] < 0:
+            raise ConfigError(f'jlml.{key} must be >= 0, got {cfg.jlml[key]}')
+    if cfg.jlml.engine != 'auto' and cfg.jlml.engine != cfg.loss.name:
+        raise ConfigError(f'jlml.engine {cfg.jlml.engine} needs loss.name {cfg.jlml.engine}, '
+                          f'got {cfg.loss.name}')
+    if cfg.train.amp == 'fp16' and not cfg.use_gpu:
+        raise ConfigError('train.amp fp16 needs a GPU; use bf16 on the CPU')
+    if cfg.train.batch_size < 1 or cfg.test.batch_size < 1:
+        raise ConfigError('train.batch_size and test.batch_size must be >= 1')
+    if cfg.sampler.train_sampler == 'RandomIdentitySampler':
+        per_rank_batch(cfg.train.batch_size, 1, cfg.sampler.num_instances)
+    elif cfg.loss.name == 'triplet':
+        raise ConfigError('loss.name triplet needs identity-balanced batches: set '
+                          'sampler.train_sampler RandomIdentitySampler')
+    if (cfg.loss.name == 'triplet' and cfg.loss.triplet.weight_x == 0
+            and cfg.train.fixbase_epoch > 0):
+        raise ConfigError('train.fixbase_epoch must be 0 when loss.triplet.weight_x is 0 '
+                          '(there is no classifier to train alone)')
+    if cfg.test.visrank and not cfg.test.evaluate:
+        raise ConfigError('test.visrank needs test.evaluate True')
+    if cfg.model.name in MODELS:
+        height = cfg.data.height
+        if height % (4 * cfg.jlml.num_stripes):
+            raise ConfigError(
+                f'data.height {height} cannot be split into jlml.num_stripes '
+                f'{cfg.jlml.num_stripes} stripes: use a multiple of {4 * cfg.jlml.num_stripes}')
+    for key in ('load_weights', 'resume'):
+        path = cfg.model[key]
+        if path and not os.path.isfile(path):
+            raise ConfigError(f'model.{key}: no file at {path}')
+    if check_data:
+        check_datasets(list(dict.fromkeys(cfg.data.sources + cfg.data.targets)), cfg.data.root)
+
+
+def model_kwargs(cfg: CN) -> Dict[str, Any]:
+    """The ``jlml`` keys a JLML builder takes (``build_model`` cannot pass them)."""
+    j = cfg.jlml
+    return dict(num_stripes=j.num_stripes, feat_dim=j.feat_dim, dropout=j.dropout,
+                stem_width=j.stem_width, global_widths=tuple(j.global_widths),
+                local_widths=tuple(j.local_widths))
+
+
+def build_model(cfg: CN, num_classes: int) -> torch.nn.Module:
+    """A JLML model with the config's ``jlml`` keys, or any torchreid model by name."""
+    name = cfg.model.name
+    if name in MODELS:
+        kwargs = model_kwargs(cfg)
+        if name == 'jlml_resnet50':  # its own trunk: only the head keys apply
+            kwargs = {k: kwargs[k] for k in ('num_stripes', 'feat_dim', 'dropout')}
+        return MODELS[name](num_classes, loss=cfg.loss.name, pretrained=cfg.model.pretrained,
+                            **kwargs)
+    try:
+        return _tr.models.build_model(name, num_classes, loss=cfg.loss.name,
+                                      pretrained=cfg.model.pretrained, use_gpu=cfg.use_gpu)
+    except OSError as exc:  # URLError, gdown/requests connection errors
+        if not cfg.model.pretrained:
+            raise
+        raise ConfigError(f'{name}: could not fetch its ImageNet weights ({type(exc).__name__});'
+                          f' put them in {torch.hub.get_dir()}/checkpoints or set '
+                          f'model.pretrained False') from exc
+
+
+def build_regularizer(cfg: CN, model: torch.nn.Module) -> Optional[SparsityHook]:
+    """The ``jlml.reg_*`` terms on ``model``; on a baseline only where ``param`` is set."""
+    defaults = getattr(model, 'sparsity_params', dict)()
+    stripes = getattr(model, 'num_stripes', 1)
+    terms = []
+    for name in ('reg_global', 'reg_local'):
+        c = cfg.jlml[name]
+        param = c.param or defaults.get(name)
+        if not param or c.weight == 0:
+            continue
+        groups = c.get('groups', 0) or (stripes if name == 'reg_local' else 1)
+        terms.append(SparsityTerm(name, param, c.kind, c.weight, groups))
+    hook = SparsityHook(model, terms)
+    return hook if hook else None
+
+
+@dataclass
+class RunResult:
+    results: Dict[str, RankResult]
+    train_images_per_second: float
+    train_seconds: float
+    wall_seconds: float
+    num_params: int
+    flops: int
+    save_dir: str
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+
+def _resume_path(cfg: CN, resume_latest: bool) -> Optional[str]:
+    if cfg.model.resume:
+        return cfg.model.resume
+    if resume_latest:
+        return latest_checkpoint(cfg.data.save_dir)
+    return None
+
+
+def train(cfg: CN, resume_latest: bool = False, dist_info: Optional[DistInfo] = None) -> RunResult:
+    """Builds everything from ``cfg`` and runs it (training, or ``test.evaluate`` only)."""
+    wall_start = time.time()
+    distributed = dist_info is not None or launched_by_torchrun()
+    if distributed and dist_info is None:
+        dist_info = init_from_env(cfg.dist.backend, cfg.use_gpu)
+    main = dist_info is None or dist_info.is_main
+    _tr.utils.set_random_seed(cfg.train.seed)
+    if cfg.train.deterministic:
+        torch.use_deterministic_algorithms(True)
+
+    # Rank 0 prepares data (synthreid draws its images on first use) before the others read it.
+    if main:
+        datamanager = _tr.data.ImageDataManager(**imagedata_kwargs(cfg))
+    barrier()
+    if not main:
+        datamanager = _tr.data.ImageDataManager(**imagedata_kwargs(cfg))
+    if distributed:
+        if cfg.train.fixbase_epoch > 0:
+            raise ConfigError('train.fixbase_epoch is not supported under DDP (frozen '
+                              'layers change the set of gradients DDP reduces)')
+        datamanager.train_loader = distributed_train_loader(
+            datamanager.train_loader, cfg.sampler.train_sampler, cfg.train.batch_size,
+            cfg.sampler.num_instances, cfg.train.seed)
+
+    model = build_model(cfg, datamanager.num_train_pids)
+    num_params, flops = _tr.utils.compute_model_complexity(
+        model, (1, 3, cfg.data.height, cfg.data.width))
+    if main:
+        print(f'Model {cfg.model.name}: {num_params:,} params, {flops:,} FLOPs '
+              f'at {cfg.data.height}x{cfg.data.width}')
+    for layer in cfg.train.open_layers if cfg.train.fixbase_epoch > 0 else ():
+        if not hasattr(model, layer):
+            heads = [n for n, _ in model.named_children() if 'classifier' in n]
+            raise ConfigError(f'train.open_layers names {layer!r}, which {cfg.model.name} '
+                              f'lacks; its heads are {heads}')
+    if cfg.model.load_weights:
+        _tr.utils.load_pretrained_weights(model, cfg.model.load_weights)
+
+    device = dist_info.device if dist_info else torch.device('cuda' if cfg.use_gpu else 'cpu')
+    if cfg.dist.sync_bn and distributed:
+        if device.type != 'cuda':
+            raise ConfigError('dist.sync_bn needs GPUs (NCCL); turn it off on the CPU')
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    regularizer = build_regularizer(cfg, model)
+    if distributed:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == 'cuda' else None)
+    elif cfg.use_gpu and torch.cuda.device_count() > 1:
+        model = torch.nn.DataParallel(model)
+
+    opt_kwargs = optimizer_kwargs(cfg)
+    if distributed and cfg.dist.lr_reference_batch > 0:
+        opt_kwargs['lr'] = cfg.train.lr * cfg.train.batch_size / cfg.dist.lr_reference_batch
+    optimizer = _tr.optim.build_optimizer(model, **opt_kwargs)
+    scheduler = _tr.optim.build_lr_scheduler(optimizer, **lr_scheduler_kwargs(cfg))
+
+    meta = dict(model_name=cfg.model.name, num_classes=datamanager.num_train_pids,
+                loss=cfg.loss.name, input_size=[3, cfg.data.height, cfg.data.width],
+                mean=list(cfg.data.norm_mean), std=list(cfg.data.norm_std),
+                model_kwargs=_jsonable(model_kwargs(cfg)) if cfg.model.name in MODELS else {})
+    common = dict(scheduler=scheduler, use_gpu=cfg.use_gpu,
+                  label_smooth=cfg.loss.softmax.label_smooth,
+                  loss_weights={'global': cfg.jlml.weight_global, 'local': cfg.jlml.weight_local},
+                  regularizer=regularizer, amp=cfg.train.amp,
+                  channels_last=cfg.train.channels_last,
+                  checkpoint_freq=cfg.train.checkpoint_freq,
+                  keep_checkpoints=cfg.train.keep_checkpoints, meta=meta)
+    if cfg.loss.name == 'triplet':
+        engine = JLMLTripletEngine(datamanager, model, optimizer,
+                                   margin=cfg.loss.triplet.margin,
+                                   weight_t=cfg.loss.triplet.weight_t,
+                                   weight_x=cfg.loss.triplet.weight_x, **common)
+    else:
+        engine = JLMLEngine(datamanager, model, optimizer, **common)
+
+    run_kwargs = engine_run_kwargs(cfg)
+    path = _resume_path(cfg, resume_latest)
+    if path:
+        run_kwargs['start_epoch'] = resume_checkpoint(path, model, optimizer, scheduler,
+                                                      engine.scaler)
+        if main:
+            print(f'Resumed from {path}: continuing at epoch {run_kwargs["start_epoch"] + 1}')
+    results = engine.run(**run_kwargs)
+    return RunResult(results=results, train_images_per_second=engine.train_images_per_second,
+                     train_seconds=engine.train_seconds, wall_seconds=time.time() - wall_start,
+                     num_params=num_params, flops=flops, save_dir=cfg.data.save_dir)
+
+
+def _jsonable(kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}

@@ -1,0 +1,102 @@
+"""jlml-leaderboard: the synthetic board end to end, resume, and bad configs."""
+import json
+import os
+
+import pytest
+import yaml
+
+from jlml_plugin import leaderboard
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SYNTHETIC = os.path.join(ROOT, 'configs', 'leaderboard', 'synthetic.yaml')
+
+
+def _run(argv, capsys):
+    code = leaderboard.main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope='module')
+def board(data_root, tmp_path_factory):
+    output = str(tmp_path_factory.mktemp('board'))
+    code = leaderboard.main(['--config', SYNTHETIC, '--root', data_root, '--output', output])
+    assert code == 0
+    return output
+
+
+def test_synthetic_board_writes_every_report(board):
+    for name in ('results.jsonl', 'results.csv', 'summary.json', 'leaderboard.md', 'cmc.png',
+                 'environment.json'):
+        assert os.path.getsize(os.path.join(board, name)) > 0, name
+    records = [json.loads(line) for line in open(os.path.join(board, 'results.jsonl'))]
+    assert sorted((r['label'], r['split_id']) for r in records) == sorted([
+        ('jlml', 0), ('osnet_x0_25', 0), ('jlml_global', 0), ('jlml_lambda0', 0),
+        ('jlml', 1), ('osnet_x0_25', 1)])
+    for r in records:
+        assert 0 <= r['rank1'] <= r['rank5'] <= 1 and len(r['cmc']) == 50
+        assert r['params'] > 0 and r['gflops'] > 0 and r['input'] == '64x32'
+        assert r['train_images_per_s'] > 0 and r['env']['torch']
+    table = open(os.path.join(board, 'leaderboard.md')).read()
+    assert '| jlml | 12.1 |' in table and '± ' in table and '### ablation' in table
+    summary = json.load(open(os.path.join(board, 'summary.json')))
+    assert [row['label'] for row in summary] == ['jlml', 'osnet_x0_25', 'jlml_global', 'jlml_lambda0']
+
+
+def test_every_model_gets_the_same_protocol(board):
+    logs = {label: open(os.path.join(board, 'runs', label, 'split0', 'train.log')).read()
+            for label in ('jlml', 'osnet_x0_25', 'jlml_lambda0')}
+    assert 'reg_global' in logs['jlml'] and 'reg_global' not in logs['jlml_lambda0']
+    for text in logs.values():
+        assert 'epoch 1/1:' in text
+
+
+def test_finished_runs_are_skipped(board, data_root, capsys):
+    code, out, _ = _run(['--config', SYNTHETIC, '--root', data_root, '--output', board], capsys)
+    assert code == 0 and '6 runs, 6 done, 0 to go' in out
+
+
+def _config(tmp_path, **changes):
+    spec = yaml.safe_load(open(SYNTHETIC))
+    for key, value in changes.items():
+        spec[key] = value
+    path = tmp_path / 'board.yaml'
+    path.write_text(yaml.safe_dump(spec))
+    return str(path)
+
+
+@pytest.mark.parametrize('changes,message', [
+    (dict(models=['jlml', 'resnet5O']), "resnet5O: unknown model.name 'resnet5O'; choose one of"),
+    (dict(models=[{'name': 'osnet_x0_25', 'overrides': {'train': {'lr': 0.1}}}]),
+     "overrides ['train.lr']: only jlml.* keys may differ between models"),
+    (dict(splits=[0, 25], protocol={'data': {'sources': ['cuhk01'], 'targets': ['cuhk01']}}),
+     'split id 25 is out of range for cuhk01: use 0-19'),
+    (dict(protocol={'data': {'sources': ['cuhk01'], 'targets': ['cuhk01']}}),
+     "dataset 'cuhk01' not found: looked in"),
+    (dict(protocol={'data': {'sources': ['cuhk0l'], 'targets': ['cuhk0l']}}),
+     "unknown dataset 'cuhk0l'"),
+    (dict(colour='red'), "unknown leaderboard key(s) ['colour']"),
+])
+def test_bad_configs_fail_before_any_training(tmp_path, data_root, capsys, changes, message):
+    output = tmp_path / 'out'
+    code, _, err = _run(['--config', _config(tmp_path, **changes), '--root', str(tmp_path),
+                         '--output', str(output)], capsys)
+    assert code == 2 and message in err and err.count('\n') == 1
+    assert not (output / 'runs').exists()
+
+
+def test_unwritable_results_folder(tmp_path, data_root, capsys):
+    blocker = tmp_path / 'file'
+    blocker.write_text('not a folder')
+    code, _, err = _run(['--config', SYNTHETIC, '--root', data_root,
+                         '--output', str(blocker / 'results')], capsys)
+    assert code == 2 and 'cannot write to the results folder' in err
+
+
+def test_results_of_another_protocol_are_refused(tmp_path, board, data_root, capsys):
+    spec = yaml.safe_load(open(SYNTHETIC))
+    spec['protocol']['train']['lr'] = 0.01
+    path = tmp_path / 'changed.yaml'
+    path.write_text(yaml.safe_dump(spec))
+    code, _, err = _run(['--config', str(path), '--root', data_root, '--output', board], capsys)
+    assert code == 2 and 'holds results of another protocol' in err

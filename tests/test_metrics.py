@@ -1,0 +1,141 @@
+"""The evaluator equals torchreid's where torchreid works, and is right where it does not."""
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from jlml_plugin import _torchreid, evaluate_rank, torchreid
+
+REFERENCE = _torchreid.reference_evaluators()
+
+
+@st.composite
+def problems(draw, unique_gallery_pids=False):
+    num_q = draw(st.integers(1, 25))
+    num_ids = draw(st.integers(1, 12))
+    num_cams = draw(st.integers(1, 4))
+    if unique_gallery_pids:
+        num_g = draw(st.integers(1, num_ids))
+        g_pids = np.array(draw(st.permutations(range(num_ids)))[:num_g])
+    else:
+        num_g = draw(st.integers(1, 70))
+        g_pids = np.array(draw(st.lists(st.integers(0, num_ids - 1), min_size=num_g, max_size=num_g)))
+    ints = lambda n, hi: np.array(draw(st.lists(st.integers(0, hi), min_size=n, max_size=n)))  # noqa: E731
+    q_pids, q_cams, g_cams = ints(num_q, num_ids - 1), ints(num_q, num_cams - 1), ints(num_g, num_cams - 1)
+    seed = draw(st.integers(0, 2 ** 32 - 1))
+    # tie-free: a random permutation of distinct values per row
+    distmat = np.random.default_rng(seed).permuted(
+        np.tile(np.arange(num_g, dtype=np.float32), (num_q, 1)), axis=1) / max(num_g, 1)
+    return distmat, q_pids, g_pids, q_cams, g_cams
+
+
+def _reference(kind, problem, max_rank=50):
+    with warnings.catch_warnings(), np.errstate(all='ignore'):
+        warnings.simplefilter('ignore')
+        try:
+            return REFERENCE[kind](*problem, max_rank)
+        except AssertionError:
+            return 'no valid query'
+        except (ValueError, IndexError):
+            return None  # torchreid's crash on small galleries (F3)
+
+
+def _check(problem, kind):
+    ref = _reference(kind, problem)
+    if ref is None:
+        return
+    if ref == 'no valid query':
+        with pytest.raises(ValueError, match='no query identity appears in the gallery'):
+            evaluate_rank(*problem, use_metric_cuhk03=kind == 'cuhk03')
+        return
+    ref_cmc, ref_map = ref
+    ours = evaluate_rank(*problem, use_metric_cuhk03=kind == 'cuhk03')
+    n = len(ref_cmc)
+    np.testing.assert_allclose(ours.cmc[:n], ref_cmc, rtol=0, atol=1e-6)
+    assert ours.mAP == pytest.approx(float(ref_map), abs=1e-6)
+    assert len(ours.cmc) == 50
+
+
+@settings(max_examples=300, deadline=None)
+@given(problems())
+def test_equals_torchreid_market1501(problem):
+    _check(problem, 'market1501')
+
+
+@settings(max_examples=200, deadline=None)
+@given(problems(unique_gallery_pids=True))
+def test_equals_torchreid_cuhk03_where_its_draws_are_determined(problem):
+    # With one gallery image per identity, torchreid's random single-shot draws have one outcome.
+    _check(problem, 'cuhk03')
+
+
+def test_cuhk03_metric_averages_draws_and_is_reproducible():
+    rng = np.random.default_rng(1)
+    problem = (rng.random((30, 80)), rng.integers(0, 10, 30), rng.integers(0, 10, 80),
+               np.zeros(30, int), np.ones(80, int))
+    a = evaluate_rank(*problem, use_metric_cuhk03=True)
+    b = evaluate_rank(*problem, use_metric_cuhk03=True, block_size=7, num_threads=3)
+    np.testing.assert_array_equal(a.cmc, b.cmc)
+    # one image per identity: 10 identities, so every query's match is within rank 10
+    assert np.all(np.diff(a.cmc) >= 0) and a.cmc[9] == 1.0 and a.cmc[0] < 1.0
+    # averaged draws: not a multiple of 1/num_queries as a single draw would be
+    assert not np.allclose(a.cmc * 30, np.round(a.cmc * 30))
+    assert a.mAP == pytest.approx(evaluate_rank(*problem).mAP)  # mAP uses the whole gallery
+
+
+def test_hand_computed_map_and_minp():
+    # gallery ranked by distance: pid 1 (cam 1), pid 2, pid 2, pid 1 (cam 1), pid 1 (cam 0, junk)
+    distmat = np.array([[0.1, 0.2, 0.3, 0.4, 0.05]])
+    g_pids = np.array([1, 2, 2, 1, 1])
+    g_cams = np.array([1, 1, 1, 1, 0])
+    r = evaluate_rank(distmat, np.array([1]), g_pids, np.array([0]), g_cams)
+    assert r.cmc[0] == 1.0
+    assert r.mAP == pytest.approx((1 / 1 + 2 / 4) / 2)   # hits at kept ranks 1 and 4
+    assert r.mINP == pytest.approx(2 / 4)                 # 2 hits, last at rank 4
+
+
+def test_ties_are_broken_by_gallery_order():
+    distmat = np.zeros((1, 5))
+    g_pids = np.array([7, 7, 3, 7, 7])
+    r = evaluate_rank(distmat, np.array([3]), g_pids, np.array([0]), np.ones(5, int))
+    assert r.cmc[2] == 1.0 and r.cmc[1] == 0.0  # the match is third in gallery order
+    assert r.mAP == pytest.approx(1 / 3)
+
+
+def test_correct_where_torchreids_python_evaluator_crashes():
+    # Kept galleries of different lengths below max_rank: torchreid raises (F3).
+    distmat = np.array([[0.1, 0.2, 0.3], [0.3, 0.2, 0.1]])
+    q_pids, q_cams = np.array([1, 2]), np.array([0, 0])
+    g_pids, g_cams = np.array([1, 2, 1]), np.array([1, 1, 0])
+    with pytest.raises(ValueError):
+        REFERENCE['market1501'](distmat, q_pids, g_pids, q_cams, g_cams, 50)
+    r = evaluate_rank(distmat, q_pids, g_pids, q_cams, g_cams)
+    # query 1: gallery 2 (junk) removed; ranked [g0 pid1, g1 pid2] -> hit at 1
+    # query 2: ranked [g2 pid1, g1 pid2, g0 pid1] -> hit at 2
+    np.testing.assert_allclose(r.cmc[:3], [0.5, 1.0, 1.0])
+    assert r.mAP == pytest.approx((1.0 + 0.5) / 2)
+
+
+def test_result_does_not_depend_on_blocks_or_threads():
+    rng = np.random.default_rng(0)
+    problem = (rng.random((300, 400)).astype(np.float32), rng.integers(0, 40, 300),
+               rng.integers(0, 40, 400), rng.integers(0, 3, 300), rng.integers(0, 3, 400))
+    a = evaluate_rank(*problem, block_size=512, num_threads=1)
+    b = evaluate_rank(*problem, block_size=13, num_threads=4)
+    np.testing.assert_array_equal(a.cmc, b.cmc)
+    assert a.mAP == pytest.approx(b.mAP, abs=1e-12) and a.mINP == pytest.approx(b.mINP, abs=1e-12)
+
+
+def test_torchreid_evaluate_rank_uses_it_without_cython():
+    distmat = np.array([[0.1, 0.2, 0.3], [0.3, 0.2, 0.1]])
+    args = (distmat, np.array([1, 2]), np.array([1, 2, 1]), np.array([0, 0]), np.array([1, 1, 0]))
+    cmc, mAP = torchreid.metrics.evaluate_rank(*args, use_cython=False)  # F3 case: no crash
+    ours = evaluate_rank(*args)
+    np.testing.assert_array_equal(cmc, ours.cmc)
+    assert mAP == pytest.approx(ours.mAP)
+
+
+def test_bad_shapes_are_clear_errors():
+    with pytest.raises(ValueError, match='q_pids has 2 entries but the distance matrix needs 1'):
+        evaluate_rank(np.zeros((1, 3)), [1, 2], [1, 2, 3], [0], [1, 1, 1])

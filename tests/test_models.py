@@ -1,0 +1,181 @@
+"""The JLML network: variants, outputs, gradients, batched stripes, pretrained handling."""
+import importlib
+import os
+import warnings
+
+import pytest
+import torch
+
+from jlml_plugin import JLML, MODELS, torchreid
+from jlml_plugin.models.reference import LoopedLocalBranch
+
+jlml_module = importlib.import_module('jlml_plugin.models.jlml')  # the function jlml shadows it
+
+SMALL = dict(stem_width=8, global_widths=(4, 8, 8, 16), local_widths=(4, 4, 8, 8))
+FEATURE_DIMS = {'jlml': 1024, 'jlml_global': 512, 'jlml_local': 512, 'jlml_single_loss': 1024,
+                'jlml_independent': 1024, 'jlml_resnet50': 1024}
+TWO_HEADS = {'jlml', 'jlml_independent', 'jlml_resnet50'}
+
+
+def _input(name, batch=4):
+    size = (96, 48) if name == 'jlml_resnet50' else (160, 64)
+    return torch.randn(batch, 3, *size)
+
+
+@pytest.mark.parametrize('name', sorted(MODELS))
+def test_every_variant_builds_through_torchreid(name):
+    model = torchreid.models.build_model(name, 7, loss='softmax', pretrained=False,
+                                         use_gpu=False)
+    assert isinstance(model, JLML)
+    model.eval()
+    with torch.no_grad():
+        feat = model(_input(name, 2))
+    assert feat.shape == (2, FEATURE_DIMS[name])
+
+
+@pytest.mark.parametrize('name', sorted(set(MODELS) - {'jlml_resnet50'}))
+@pytest.mark.parametrize('loss', ['softmax', 'triplet'])
+def test_training_outputs(name, loss):
+    model = MODELS[name](11, loss=loss, **SMALL).train()
+    out = model(_input(name))
+    logits = out if loss == 'softmax' else out[0]
+    if name in TWO_HEADS:
+        assert isinstance(logits, tuple) and [y.shape for y in logits] == [(4, 11)] * 2
+    else:
+        assert torch.is_tensor(logits) and logits.shape == (4, 11)
+    if loss == 'triplet':
+        feats = out[1]
+        if name in TWO_HEADS:
+            assert [f.shape for f in feats] == [(4, 512), (4, 512)]
+        else:
+            assert feats.shape == (4, FEATURE_DIMS[name])
+
+
+def test_resnet50_variant_outputs():
+    model = MODELS['jlml_resnet50'](5, loss='triplet').train()
+    (yg, yl), (fg, fl) = model(_input('jlml_resnet50', 2))
+    assert yg.shape == yl.shape == (2, 5) and fg.shape == fl.shape == (2, 512)
+
+
+def test_gradients_reach_both_branches_and_the_shared_layer():
+    model = MODELS['jlml'](6, **SMALL).train()
+    yg, yl = model(_input('jlml'))
+    (yg.sum() + yl.sum()).backward()
+    # Residual blocks start as the identity (zero-init last BN), so at step 0 the
+    # gradient enters each block through that BN and the downsample path.
+    for name in ('shared.conv1.weight', 'global_branch.tower.0.0.downsample.0.weight',
+                 'global_branch.tower.3.2.bn3.weight', 'local_branch.tower.0.0.downsample.0.weight',
+                 'local_branch.tower.3.2.bn3.weight', 'global_branch.embed.fc.weight',
+                 'local_branch.embed.fc.weight', 'classifier_g.weight', 'classifier_l.weight'):
+        grad = dict(model.named_parameters())[name].grad
+        assert grad is not None and grad.abs().sum() > 0, name
+
+
+def test_each_branch_loss_reaches_the_shared_layer_alone():
+    model = MODELS['jlml'](6, **SMALL).train()
+    for head in (0, 1):
+        model.zero_grad()
+        model(_input('jlml'))[head].sum().backward()
+        params = dict(model.named_parameters())
+        assert params['shared.conv1.weight'].grad.abs().sum() > 0
+        other = 'local_branch' if head == 0 else 'global_branch'
+        assert params[f'{other}.embed.fc.weight'].grad is None or \
+            params[f'{other}.embed.fc.weight'].grad.abs().sum() == 0
+
+
+def _randomise_bn(model):
+    gen = torch.Generator().manual_seed(3)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.weight.data.uniform_(0.5, 1.5, generator=gen)
+            m.bias.data.normal_(generator=gen)
+            m.running_mean.normal_(generator=gen)
+            m.running_var.uniform_(0.5, 2.0, generator=gen)
+
+
+@pytest.mark.parametrize('stripes,height', [(4, 160), (2, 96), (6, 192)])
+def test_batched_stripes_equal_the_per_stripe_reference(stripes, height):
+    torch.manual_seed(0)
+    model = MODELS['jlml'](5, num_stripes=stripes)
+    _randomise_bn(model)
+    model.eval()
+    x = model.shared(torch.randn(3, 3, height, 64))
+    branch = model.local_branch
+    reference = LoopedLocalBranch(branch).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(branch(x), reference(x), rtol=1e-4, atol=1e-4)
+        # The towers themselves, before pooling and the feature layer.
+        stacked = branch.tower(branch.stack_stripes(x))
+        per_stripe = [s(part) for s, part in zip(reference.streams, x.chunk(stripes, dim=2))]
+    torch.testing.assert_close(stacked, torch.cat(per_stripe, 1), rtol=1e-4, atol=1e-4)
+
+
+def test_stripe_streams_have_independent_weights():
+    model = MODELS['jlml'](5)
+    ref = LoopedLocalBranch(model.local_branch)
+    w0 = ref.streams[0][0][0].conv1.weight
+    w1 = ref.streams[1][0][0].conv1.weight
+    assert w0.shape == w1.shape and not torch.equal(w0, w1)
+
+
+def test_height_the_stripes_cannot_split_is_a_clear_error():
+    model = MODELS['jlml'](5, **SMALL).eval()
+    with pytest.raises(ValueError, match='cannot be split into 4 equal stripes.*multiple of 16'):
+        model(torch.randn(1, 3, 150, 64))
+
+
+def test_unknown_model_error_lists_the_jlml_names():
+    with pytest.raises(KeyError) as info:
+        torchreid.models.build_model('jlm', 5, pretrained=False, use_gpu=False)
+    for name in MODELS:
+        assert name in str(info.value)
+
+
+def test_pretrained_never_touches_the_network_and_warns_once(monkeypatch):
+    monkeypatch.setattr(jlml_module, '_warned_no_pretrained', False)
+    torch.manual_seed(0)
+    plain = MODELS['jlml'](5, pretrained=False)
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match='no pretrained weights exist'):
+        asked = MODELS['jlml'](5, pretrained=True)
+    for (k, a), (_, b) in zip(plain.state_dict().items(), asked.state_dict().items()):
+        assert torch.equal(a, b), k
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        MODELS['jlml_global'](5, pretrained=True)  # warned already: silent now
+
+
+def test_resnet50_without_offline_weights_fails_at_once_saying_where(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, 'get_dir', lambda: str(tmp_path / 'hub'))
+    with pytest.raises(FileNotFoundError, match=r'resnet50-0676ba61\.pth.*hub/checkpoints'):
+        MODELS['jlml_resnet50'](5, pretrained=True)
+
+
+def test_resnet50_loads_offline_imagenet_weights_into_every_stream(tmp_path, monkeypatch):
+    import torchvision
+    monkeypatch.setattr(torch.hub, 'get_dir', lambda: str(tmp_path / 'hub'))
+    os.makedirs(tmp_path / 'hub' / 'checkpoints')
+    source = torchvision.models.resnet50().state_dict()
+    torch.save(source, tmp_path / 'hub' / 'checkpoints' / 'resnet50-0676ba61.pth')
+    model = MODELS['jlml_resnet50'](5, pretrained=True)
+    state = model.state_dict()
+    torch.testing.assert_close(state['shared.conv1.weight'], source['conv1.weight'])
+    torch.testing.assert_close(state['global_branch.tower.2.1.conv2.weight'],
+                               source['layer4.1.conv2.weight'])
+    local = state['local_branch.tower.0.0.conv1.weight']
+    for stripe in local.chunk(4):
+        torch.testing.assert_close(stripe, source['layer2.0.conv1.weight'])
+
+
+def test_hyper_parameters_from_the_builders():
+    model = MODELS['jlml'](3, num_stripes=6, feat_dim=128, dropout=0.2, **SMALL).eval()
+    assert model.num_stripes == 6 and model.feature_dim == 256
+    assert model(torch.randn(2, 3, 96, 32)).shape == (2, 256)
+    assert model.local_branch.tower[0][0].conv1.groups == 6
+    with pytest.raises(ValueError, match='dropout'):
+        MODELS['jlml'](3, dropout=1.5)
+
+
+def test_unsupported_loss_is_a_key_error_like_torchreid():
+    with pytest.raises(KeyError, match='Unsupported loss'):
+        MODELS['jlml'](3, loss='arcface')

@@ -1,0 +1,74 @@
+"""Registration in torchreid's factories, on each installed layout."""
+import importlib
+import importlib.metadata
+import os
+import subprocess
+import sys
+
+import pytest
+
+import jlml_plugin
+from jlml_plugin import MODELS, _torchreid, torchreid
+
+
+def test_import_registers_every_model_and_dataset():
+    factory = _torchreid.model_factory()
+    for name, builder in MODELS.items():
+        assert factory[name] is builder
+    datasets = _torchreid.image_dataset_factory()
+    assert {'synthreid', 'synthreid_tiny', 'cuhk01'} <= set(datasets)
+    assert datasets['cuhk01'].__module__ == 'jlml_plugin.data.cuhk01'
+
+
+def test_registering_again_changes_nothing():
+    before_models = dict(_torchreid.model_factory())
+    before_data = dict(_torchreid.image_dataset_factory())
+    jlml_plugin.register()
+    importlib.reload(jlml_plugin)  # new function objects for the same definitions
+    assert list(_torchreid.model_factory()) == list(before_models)
+    assert list(_torchreid.image_dataset_factory()) == list(before_data)
+
+
+def test_a_different_builder_under_a_taken_name_is_refused():
+    with pytest.raises(ValueError, match="already has a model named 'resnet50'"):
+        _torchreid.register_model('resnet50', lambda **kw: None)
+
+
+def test_show_avai_models_lists_the_jlml_models(capsys):
+    torchreid.models.show_avai_models()
+    out = capsys.readouterr().out
+    for name in MODELS:
+        assert f"'{name}'" in out
+
+
+def test_entry_point_group_is_declared():
+    eps = importlib.metadata.entry_points(group='torchreid.models')
+    (ep,) = [e for e in eps if e.name == 'jlml']
+    assert ep.load() is jlml_plugin.register
+
+
+def test_layout_is_detected():
+    assert _torchreid.LAYOUT in ('pypi', 'upstream')
+    expected = 'torchreid.reid' if _torchreid.LAYOUT == 'pypi' else 'torchreid'
+    assert torchreid.__name__ == expected
+    assert _torchreid.VERSION == '1.4.0'
+
+
+@pytest.mark.skipif(_torchreid.LAYOUT != 'pypi', reason='the alias fixes the PyPI layout only')
+def test_upstream_style_imports_work_on_the_pypi_layout():
+    from torchreid.utils import FeatureExtractor  # F9 on plain PyPI 0.2.5
+    assert FeatureExtractor is torchreid.utils.FeatureExtractor
+
+
+UPSTREAM = os.environ.get('JLML_UPSTREAM_PYTHON', '')
+
+
+@pytest.mark.skipif(not UPSTREAM, reason='set JLML_UPSTREAM_PYTHON to a python with upstream '
+                                         'torchreid 1.4.0 and jlml-plugin installed')
+def test_registration_on_the_upstream_layout():
+    code = ('import jlml_plugin, torchreid; from jlml_plugin import _torchreid as t; '
+            'assert t.LAYOUT == "upstream", t.LAYOUT; '
+            'm = torchreid.models.build_model("jlml", 5, pretrained=False, use_gpu=False); '
+            'print(type(m).__name__, t.cython_evaluator() is not None)')
+    out = subprocess.run([UPSTREAM, '-c', code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ['JLML', 'True']

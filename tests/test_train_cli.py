@@ -1,0 +1,222 @@
+"""jlml-train end to end on the tiny synthetic set: training, resume, logs, bad input."""
+import glob
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from jlml_plugin import train as train_cli
+from jlml_plugin.engine import JLMLEngine
+
+TB_TAGS = {'Train/loss', 'Train/loss_global', 'Train/loss_local', 'Train/acc_global',
+           'Train/acc_local', 'Train/reg_global', 'Train/reg_local', 'Train/lr',
+           'Test/synthreid_tiny/rank1', 'Test/synthreid_tiny/mAP', 'Test/synthreid_tiny/mINP'}
+
+
+def _run(argv, capsys):
+    code = train_cli.main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _final_state(save_dir):
+    path = sorted(glob.glob(os.path.join(save_dir, 'model', 'model.pth.tar-*')))[-1]
+    return torch.load(path, weights_only=True)
+
+
+def test_one_epoch_of_jlml_prints_metrics_and_writes_checkpoint_and_tensorboard(tiny_opts, tmp_path, capsys):
+    code, out, err = _run(['model.name', 'jlml', *tiny_opts], capsys)
+    assert code == 0, err
+    assert 'Rank-1' in out and 'mAP' in out and 'mINP' in out
+    state = _final_state(str(tmp_path / 'log'))
+    assert state['epoch'] == 1 and isinstance(state['rank1'], float)
+    assert state['meta']['model_name'] == 'jlml' and state['meta']['input_size'] == [3, 64, 32]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(tmp_path / 'log'))
+    acc.Reload()
+    assert TB_TAGS <= set(acc.Tags()['scalars'])
+    assert glob.glob(str(tmp_path / 'log' / 'train.log-*'))
+
+
+def test_sources_and_targets_do_not_swallow_overrides(data_root, tmp_path, capsys):
+    # torchreid's main.py reads `model.name` as a dataset name here (F10).
+    code, out, err = _run(['-s', 'synthreid_tiny', '-t', 'synthreid_tiny', '--root', data_root,
+                           'model.name', 'jlml_global', 'data.height', '64', 'data.width', '32',
+                           'data.workers', '0', 'train.max_epoch', '1', 'train.batch_size', '8',
+                           'data.save_dir', str(tmp_path), 'model.pretrained', 'False',
+                           'test.ranks', '[1]'], capsys)
+    assert code == 0, err
+    assert _final_state(str(tmp_path))['meta']['model_name'] == 'jlml_global'
+
+
+def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tiny_opts, tmp_path, capsys,
+                                                                 monkeypatch):
+    def opts(save_dir):
+        out = list(tiny_opts)
+        out[out.index('data.save_dir') + 1] = str(save_dir)
+        out[out.index('train.max_epoch') + 1] = '3'
+        return out + ['data.transforms', "['random_flip', 'random_crop']", 'test.eval_freq', '2']
+
+    assert _run(opts(tmp_path / 'straight'), capsys)[0] == 0
+
+    original = JLMLEngine.train
+
+    def interrupted(self, *args, **kwargs):
+        if self.epoch == 2:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(JLMLEngine, 'train', interrupted)
+    code, _, err = _run(opts(tmp_path / 'resumed'), capsys)
+    assert code == 130 and 'resume with --resume' in err
+    assert _final_state(str(tmp_path / 'resumed'))['epoch'] == 2
+    monkeypatch.setattr(JLMLEngine, 'train', original)
+    code, out, err = _run(opts(tmp_path / 'resumed') + ['--resume'], capsys)
+    assert code == 0, err
+    assert 'continuing at epoch 3' in out
+
+    a, b = _final_state(str(tmp_path / 'straight')), _final_state(str(tmp_path / 'resumed'))
+    assert a['epoch'] == b['epoch'] == 3
+    for key in a['state_dict']:
+        assert torch.equal(a['state_dict'][key], b['state_dict'][key]), key
+
+
+def test_keeps_only_the_newest_checkpoints(tiny_opts, tmp_path, capsys):
+    opts = list(tiny_opts)
+    opts[opts.index('train.max_epoch') + 1] = '3'
+    assert _run(opts + ['train.keep_checkpoints', '2'], capsys)[0] == 0
+    names = sorted(os.listdir(tmp_path / 'log' / 'model'))
+    assert names == ['model.pth.tar-2', 'model.pth.tar-3']
+
+
+def test_a_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tiny_opts, tmp_path,
+                                                                          capsys, monkeypatch):
+    original = JLMLEngine.compute_losses
+
+    def poisoned(self, outputs, pids):
+        loss, summary = original(self, outputs, pids)
+        return (loss * float('nan'), summary) if self.epoch == 1 and self.batch_idx == 1 else (loss, summary)
+
+    monkeypatch.setattr(JLMLEngine, 'compute_losses', poisoned)
+    opts = list(tiny_opts)
+    opts[opts.index('train.max_epoch') + 1] = '2'
+    code, _, err = _run(opts, capsys)
+    assert code == 2
+    assert 'the loss became nan at epoch 2, step 2' in err and len(err.strip().splitlines()) == 1
+    assert os.listdir(tmp_path / 'log' / 'model') == ['model.pth.tar-1']
+    assert _final_state(str(tmp_path / 'log'))['epoch'] == 1
+
+
+@pytest.mark.parametrize('extra,message', [
+    (['train.lrr', '0.1'], "unknown config key 'train.lrr' on the command line; did you mean train.lr "),
+    (['train.max_epoch', 'abc'], "train.max_epoch expects int (like "),
+    (['model.name', 'jlmll'], "unknown model.name 'jlmll'; choose one of:"),
+    (['sampler.train_sampler', 'Random'], "unknown sampler.train_sampler 'Random'; choose one of: RandomIdentitySampler"),
+    (['train.optim', 'adamw'], "unknown train.optim 'adamw'; choose one of: adam, amsgrad, sgd"),
+    (['data.sources', "['market15O1']"], "unknown dataset 'market15O1'; torchreid knows:"),
+    (['data.height', '72'], 'data.height 72 cannot be split into jlml.num_stripes 4 stripes: use a multiple of 16'),
+])
+def test_bad_input_is_one_clear_line(tiny_opts, capsys, extra, message):
+    code, _, err = _run(tiny_opts + extra, capsys)
+    assert code == 2
+    assert err.count('\n') == 1 and err.startswith('jlml-train: error: ')
+    assert message in err
+    if 'model.name' in extra:
+        assert 'jlml_single_loss' in err and 'osnet_x1_0' in err
+
+
+def test_missing_dataset_folder_says_where_and_what_layout(tmp_path, capsys):
+    code, _, err = _run(['--root', str(tmp_path / 'nowhere'), '-s', 'market1501',
+                         '-t', 'market1501', 'data.save_dir', str(tmp_path)], capsys)
+    assert code == 2
+    assert f"dataset 'market1501' not found: looked in {tmp_path / 'nowhere' / 'market1501'}" in err
+    assert 'Market-1501-v15.09.15/{bounding_box_train,query,bounding_box_test}' in err
+
+
+def test_corrupt_image_names_the_file(tmp_path, tiny_opts, capsys):
+    from jlml_plugin.data.synthetic import generate
+    folder = generate(str(tmp_path / 'data'), 'synthreid_tiny', 0)
+    bad = sorted(glob.glob(os.path.join(folder, 'train', '*.png')))[3]
+    with open(bad, 'wb') as f:
+        f.write(b'not a png')
+    opts = list(tiny_opts)
+    opts[opts.index('data.root') + 1] = str(tmp_path / 'data')
+    code, _, err = _run(opts + ['data.workers', '1', 'sampler.train_sampler', 'SequentialSampler'],
+                        capsys)
+    assert code == 2 and f'cannot read image {bad}' in err and err.count('\n') == 1
+
+
+def test_debug_shows_the_traceback(tiny_opts, capsys):
+    code, _, err = _run(tiny_opts + ['train.lrr', '0.1', '--debug'], capsys)
+    assert code == 2 and 'Traceback' in err and 'ConfigError' in err
+
+
+def test_a_stock_torchreid_yaml_trains_a_baseline(data_root, tmp_path, capsys):
+    # The layout of torchreid's configs/im_osnet_x0_25_softmax_256x128_amsgrad.yaml.
+    stock = tmp_path / 'im_osnet_x0_25_softmax_amsgrad.yaml'
+    stock.write_text(f"""
+model:
+  name: 'osnet_x0_25'
+  pretrained: False
+
+data:
+  type: 'image'
+  root: '{data_root}'
+  sources: ['synthreid_tiny']
+  targets: ['synthreid_tiny']
+  height: 64
+  width: 32
+  combineall: False
+  transforms: ['random_flip']
+  save_dir: '{tmp_path / 'log'}'
+  workers: 0
+
+loss:
+  name: 'softmax'
+  softmax:
+    label_smooth: True
+
+train:
+  optim: 'amsgrad'
+  lr: 0.0015
+  max_epoch: 1
+  batch_size: 8
+  fixbase_epoch: 0
+  open_layers: ['classifier']
+  lr_scheduler: 'single_step'
+  stepsize: [60]
+
+test:
+  batch_size: 300
+  dist_metric: 'euclidean'
+  normalize_feature: False
+  evaluate: False
+  eval_freq: -1
+  rerank: False
+""")
+    code, out, err = _run(['--config-file', str(stock), 'test.ranks', '[1, 5]'], capsys)
+    assert code == 0, err
+    assert 'Model osnet_x0_25' in out and 'Rank-1' in out
+    summary = [line for line in out.splitlines() if line.startswith('epoch 1/1:')][0]
+    assert 'loss_id' in summary and 'reg_global' not in summary
+
+
+def test_triplet_training_through_the_cli(tiny_opts, capsys):
+    code, out, err = _run(tiny_opts + ['loss.name', 'triplet', 'loss.triplet.weight_x', '1.0',
+                                       'sampler.train_sampler', 'RandomIdentitySampler',
+                                       'sampler.num_instances', '2'], capsys)
+    assert code == 0, err
+    assert 'loss_t_global' in out and 'loss_t_local' in out and 'loss_global' in out
+
+
+def test_triplet_without_identity_sampler_is_refused(tiny_opts, capsys):
+    code, _, err = _run(tiny_opts + ['loss.name', 'triplet'], capsys)
+    assert code == 2 and 'RandomIdentitySampler' in err
+
+
+def test_module_entry_point_help():
+    out = subprocess.run([sys.executable, '-m', 'jlml_plugin.train', '--help'],
+                         capture_output=True, text=True, check=True).stdout
+    assert '--config-file' in out and 'KEY VALUE' in out
