@@ -16,10 +16,12 @@ from . import _torchreid
 from ._torchreid import load_checkpoint, register_model
 from ._torchreid import torchreid
 from .data import register_datasets
+from .engine import JLMLEngine, JLMLTripletEngine
 from .metrics import RankResult, evaluate_rank, evaluate_torchreid
 from .models import MODELS, JLML, default_cfgs
 from .models import jlml, jlml_global, jlml_independent, jlml_local, jlml_resnet50, jlml_single_loss
-from .regularizers import SparsityHook, SparsityTerm, exclusive_group_lasso, group_lasso
+from .regularizers import (SparsityHook, SparsityTerm, exclusive_group_lasso, group_lasso,
+                           jlml_sparsity)
 
 __version__ = '0.1.0'
 
@@ -39,7 +41,7 @@ def register() -> None:
 
 register()
 
-__all__ = ['JLML', 'MODELS', 'RankResult', 'SparsityHook', 'SparsityTerm', 'default_cfgs',
+__all__ = ['JLML', 'JLMLEngine', 'JLMLTripletEngine', 'MODELS', 'RankResult', 'SparsityHook', 'SparsityTerm', 'default_cfgs',
            'evaluate_rank', 'exclusive_group_lasso', 'group_lasso', 'jlml', 'jlml_global',
            'jlml_independent', 'jlml_local', 'jlml_resnet50', 'jlml_single_loss',
-           'load_checkpoint', 'register', 'register_model', 'torchreid']
+           'jlml_sparsity', 'load_checkpoint', 'register', 'register_model', 'torchreid']

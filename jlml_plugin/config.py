@@ -18,6 +18,7 @@ import yaml
 from yacs.config import CfgNode as CN
 
 from .errors import ConfigError
+from .regularizers import LAMBDA_GLOBAL, LAMBDA_LOCAL
 
 __all__ = ['get_default_config', 'add_jlml_config', 'get_cfg', 'load_config', 'merge_dict',
            'flatten', 'flat_keys',
@@ -137,12 +138,12 @@ def add_jlml_config(cfg: CN) -> CN:
     cfg.jlml.weight_local = 1.0     # w_l, weight of the local branch's identity loss
     cfg.jlml.reg_global = CN()      # R_g: structured sparsity on the global feature layer
     cfg.jlml.reg_global.kind = 'group_lasso'            # L2,1 over input columns
-    cfg.jlml.reg_global.weight = 5e-4                   # lambda_g (our choice; 0 = off)
+    cfg.jlml.reg_global.weight = LAMBDA_GLOBAL          # lambda_g = 5e-4 (our choice; 0 = off)
     cfg.jlml.reg_global.param = ''  # '' = the model's global feature layer; any named
     #                                 parameter works, e.g. 'fc.0.weight' on osnet
     cfg.jlml.reg_local = CN()       # R_l: structured sparsity on the local feature layer
     cfg.jlml.reg_local.kind = 'exclusive_group_lasso'   # L1,2, one group per stripe
-    cfg.jlml.reg_local.weight = 5e-7                    # lambda_l (our choice; 0 = off)
+    cfg.jlml.reg_local.weight = LAMBDA_LOCAL            # lambda_l = 5e-7 (our choice; 0 = off)
     cfg.jlml.reg_local.param = ''   # '' = the model's local feature layer
     cfg.jlml.reg_local.groups = 0   # column groups; 0 = num_stripes on JLML models, else 1
     cfg.jlml.engine = 'auto'        # 'auto' (by loss.name), 'softmax' or 'triplet'
@@ -153,6 +154,7 @@ def add_jlml_config(cfg: CN) -> CN:
     cfg.train.checkpoint_freq = 1   # save a resumable checkpoint every N epochs (0 = only at evals/end)
     cfg.train.keep_checkpoints = 2  # keep the newest N checkpoints (0 = all)
     cfg.train.deterministic = False  # deterministic kernels (slower; for exact resume checks)
+    cfg.test.single_shot = False    # also report the single-gallery-shot CMC (cuhk03 metric)
 
     # --- torchrun / DistributedDataParallel; read only when WORLD_SIZE > 1 ---
     cfg.dist = CN()
@@ -255,21 +257,40 @@ def _set(cfg: CN, key: str, value: Any) -> None:
     node[leaf] = value
 
 
+def _read_yaml(path: str) -> Dict[str, Any]:
+    if not os.path.isfile(path):
+        raise ConfigError(f'config file not found: {path}')
+    try:
+        with open(path) as f:
+            values = yaml.safe_load(f) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f'cannot parse {path}: {str(exc).splitlines()[0]}') from exc
+    if not isinstance(values, dict):
+        raise ConfigError(f'{path} must hold a mapping of config sections')
+    return values
+
+
+def _config_chain(path: str, seen: tuple = ()) -> List[tuple]:
+    """``(path, values)`` of ``path`` and the files its ``_BASE_`` keys name, base first
+    (detectron2's convention; a base path is relative to the file naming it)."""
+    if path in seen:
+        raise ConfigError(f'{path} includes itself through _BASE_')
+    values = _read_yaml(path)
+    base = values.pop('_BASE_', None)
+    chain = [(path, values)]
+    if base:
+        chain = _config_chain(os.path.join(os.path.dirname(path), base), seen + (path,)) + chain
+    return chain
+
+
 def load_config(config_file: Optional[str] = None, opts: Optional[List[str]] = None,
                 base: Optional[CN] = None) -> CN:
-    """``base`` (default :func:`get_cfg`) merged with a YAML file, then ``KEY VALUE`` pairs."""
+    """``base`` (default :func:`get_cfg`) merged with a YAML file (and the files its
+    ``_BASE_`` names), then ``KEY VALUE`` pairs."""
     cfg = base if base is not None else get_cfg()
     if config_file:
-        if not os.path.isfile(config_file):
-            raise ConfigError(f'config file not found: {config_file}')
-        try:
-            with open(config_file) as f:
-                values = yaml.safe_load(f) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f'cannot parse {config_file}: {str(exc).splitlines()[0]}') from exc
-        if not isinstance(values, dict):
-            raise ConfigError(f'{config_file} must hold a mapping of config sections')
-        merge_dict(cfg, values, f'in {config_file}')
+        for path, values in _config_chain(config_file):
+            merge_dict(cfg, values, f'in {path}')
     opts = list(opts or [])
     if len(opts) % 2:
         raise ConfigError(f'overrides come in KEY VALUE pairs; {opts[-1]!r} has no value')

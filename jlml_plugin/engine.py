@@ -61,13 +61,16 @@ class JLMLEngine(_tr.engine.ImageSoftmaxEngine):
             would, after evaluations and at the end).
         keep_checkpoints: how many of the newest checkpoints to keep (0: all).
         meta: saved in every checkpoint (model name and arguments, for export).
+        single_shot: also report the single-gallery-shot CMC (torchreid's cuhk03 metric:
+            one gallery image per identity, 10 draws) next to the standard one.
     """
 
     def __init__(self, datamanager, model, optimizer, scheduler=None, use_gpu: bool = True,
                  label_smooth: bool = True, loss_weights: Optional[Dict[str, float]] = None,
                  regularizer: Optional[SparsityHook] = None, amp: str = 'off',
                  channels_last: bool = False, checkpoint_freq: int = 1,
-                 keep_checkpoints: int = 2, meta: Optional[Dict[str, Any]] = None) -> None:
+                 keep_checkpoints: int = 2, meta: Optional[Dict[str, Any]] = None,
+                 single_shot: bool = False) -> None:
         super().__init__(datamanager, model, optimizer, scheduler=scheduler, use_gpu=use_gpu,
                          label_smooth=label_smooth)
         if amp not in AMP_MODES:
@@ -84,6 +87,7 @@ class JLMLEngine(_tr.engine.ImageSoftmaxEngine):
         self.checkpoint_freq = checkpoint_freq
         self.keep_checkpoints = keep_checkpoints
         self.meta = dict(meta or {})
+        self.single_shot = single_shot
         self.main = is_main_process()
         self.results: Dict[str, RankResult] = {}
         self.last_rank1 = 0.0
@@ -304,6 +308,10 @@ class JLMLEngine(_tr.engine.ImageSoftmaxEngine):
                 _tr.metrics.compute_distance_matrix(gf, gf, dist_metric).numpy())
         result = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids,
                                max_rank=max(50, *ranks), use_metric_cuhk03=use_metric_cuhk03)
+        if self.single_shot and not use_metric_cuhk03:
+            single = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids,
+                                   use_metric_cuhk03=True)
+            result.extra.update({f'single_shot_rank{r}': single.rank(r) for r in (1, 5, 10, 20)})
         self.results[dataset_name] = result
         print(f'** Results ({dataset_name}: {qf.size(0)} query x {gf.size(0)} gallery, '
               f'{qf.size(1)}-D features) **')
@@ -311,6 +319,9 @@ class JLMLEngine(_tr.engine.ImageSoftmaxEngine):
         print('CMC curve')
         for r in ranks:
             print(f'Rank-{r:<3}: {result.rank(r):.1%}')
+        if 'single_shot_rank1' in result.extra:
+            print('Single-shot (one gallery image per identity, 10 draws): ' + ', '.join(
+                f'Rank-{r} {result.extra[f"single_shot_rank{r}"]:.1%}' for r in (1, 5, 10, 20)))
         if self.writer is not None:
             self.writer.add_scalar(f'Test/{dataset_name}/mINP', result.mINP, self.epoch)
         if visrank:

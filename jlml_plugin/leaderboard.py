@@ -20,14 +20,11 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-import numpy as np
-import torch
 import yaml
 
 from . import _torchreid, report
@@ -37,7 +34,7 @@ from .data.cuhk01 import NUM_SPLITS as CUHK01_SPLITS
 from .errors import ConfigError
 from .runner import train, validate
 
-__all__ = ['Run', 'load_leaderboard', 'plan_runs', 'environment', 'run_leaderboard', 'main']
+__all__ = ['Run', 'load_leaderboard', 'plan_runs', 'run_leaderboard', 'main']
 
 _TOP_KEYS = {'name', 'title', 'output', 'root', 'splits', 'protocol', 'models', 'ablations'}
 _SPLIT_COUNTS = {'cuhk01': CUHK01_SPLITS}
@@ -128,24 +125,6 @@ def protocol_hash(spec: Dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def environment() -> Dict[str, Any]:
-    """What produced the numbers: versions, device, threads."""
-    if torch.cuda.is_available():
-        device = torch.cuda.get_device_name(0)
-    else:
-        device = platform.processor() or platform.machine()
-        try:
-            with open('/proc/cpuinfo') as f:
-                names = [line.split(':', 1)[1].strip() for line in f if line.startswith('model name')]
-            if names:
-                device = f'{names[0]} ({len(names)} logical CPUs)'
-        except OSError:
-            pass
-    return dict(torch=torch.__version__, torchreid=_torchreid.describe(),
-                python=platform.python_version(), numpy=np.__version__, device=device,
-                torch_threads=torch.get_num_threads(), platform=platform.platform())
-
-
 def _check_writable(folder: str) -> None:
     try:
         os.makedirs(folder, exist_ok=True)
@@ -193,7 +172,7 @@ def run_leaderboard(config: str, root: str = '', output: str = '', only: Optiona
         for run in todo:
             print(f'  would run {run.key} ({run.model})')
         return report.summarize(report.load_records(output))
-    env = environment()
+    env = report.environment()
     report.atomic_write_text(os.path.join(output, 'environment.json'), json.dumps(env, indent=1))
     order = list(dict.fromkeys(r.label for r in runs))
     for index, run in enumerate(todo, 1):
@@ -252,7 +231,7 @@ def run(argv: List[str]) -> int:
         output = args.output or spec['output']
         order = list(dict.fromkeys(r.label for r in plan_runs(spec)))
         records = report.load_records(output)
-        env = records[-1]['env'] if records else environment()
+        env = records[-1]['env'] if records else report.environment()
         report.write_report(output, order, title=spec.get('title', ''), header=_header(spec, env))
         return 0
     only = [s for s in args.only.split(',') if s]

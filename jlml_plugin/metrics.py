@@ -45,7 +45,7 @@ class RankResult:
 
     def as_dict(self, ranks=(1, 5, 10, 20)) -> Dict[str, float]:
         out = {f'rank{k}': self.rank(k) for k in ranks if k <= len(self.cmc)}
-        out.update(mAP=self.mAP, mINP=self.mINP)
+        out.update(mAP=self.mAP, mINP=self.mINP, **self.extra)
         return out
 
 

@@ -24,7 +24,12 @@ from torch import nn
 from .errors import ConfigError
 
 __all__ = ['group_lasso', 'exclusive_group_lasso', 'REGULARIZERS', 'SparsityTerm',
-           'SparsityHook']
+           'SparsityHook', 'jlml_sparsity', 'LAMBDA_GLOBAL', 'LAMBDA_LOCAL']
+
+#: Default weights (our choice; the paper's are unknown): each term is about 0.5 at
+#: initialisation, the order of one identity loss (docs/regularizers.md).
+LAMBDA_GLOBAL = 5e-4
+LAMBDA_LOCAL = 5e-7
 
 
 def group_lasso(weight: torch.Tensor, groups: int = 0) -> torch.Tensor:
@@ -110,3 +115,23 @@ class SparsityHook:
             values[term.name] = value.detach()
             total = term.weight * value if total is None else total + term.weight * value
         return total, values
+
+
+def jlml_sparsity(model: nn.Module, weight_global: float = LAMBDA_GLOBAL,
+                  weight_local: float = LAMBDA_LOCAL) -> Optional[SparsityHook]:
+    """The paper's two terms on a JLML model's feature layers: a group LASSO on the global
+    branch, an exclusive group LASSO (one group per stripe) on the local branch.
+
+    Branches the model lacks are skipped; None when no term is left.
+    """
+    net = getattr(model, 'module', model)
+    params = net.sparsity_params()
+    terms = []
+    if 'reg_global' in params:
+        terms.append(SparsityTerm('reg_global', params['reg_global'], 'group_lasso',
+                                  weight_global))
+    if 'reg_local' in params:
+        terms.append(SparsityTerm('reg_local', params['reg_local'], 'exclusive_group_lasso',
+                                  weight_local, net.num_stripes))
+    hook = SparsityHook(model, terms)
+    return hook if hook else None

@@ -11,22 +11,25 @@ import csv
 import io
 import json
 import os
+import platform
 from collections import OrderedDict
 from typing import Any, Dict, List, Optional
 
 import numpy as np
+import torch
 
+from . import _torchreid
 from ._files import atomic_open
 
-__all__ = ['load_records', 'append_record', 'summarize', 'write_report', 'plot_cmc',
+__all__ = ['environment', 'load_records', 'append_record', 'summarize', 'write_report', 'plot_cmc',
            'markdown_table', 'atomic_write_text']
 
 RECORDS = 'results.jsonl'
 CSV_FIELDS = ['label', 'model', 'split_id', 'rank1', 'rank5', 'rank10', 'rank20', 'mAP', 'mINP',
-              'params', 'gflops', 'input', 'epochs', 'train_images_per_s', 'train_seconds',
+              'single_shot_rank1', 'params', 'gflops', 'input', 'epochs', 'train_images_per_s', 'train_seconds',
               'wall_seconds', 'finished_at']
-METRICS = ['rank1', 'rank5', 'rank10', 'rank20', 'mAP', 'mINP', 'train_images_per_s',
-           'wall_seconds']
+METRICS = ['rank1', 'rank5', 'rank10', 'rank20', 'mAP', 'mINP', 'single_shot_rank1',
+           'train_images_per_s', 'wall_seconds']
 
 
 def atomic_write_text(path: str, text: str) -> None:
@@ -64,6 +67,8 @@ def summarize(records: List[Dict[str, Any]], order: Optional[List[str]] = None
                    gflops=runs[0]['gflops'], input=runs[0]['input'], epochs=runs[0]['epochs'],
                    splits=sorted(r['split_id'] for r in runs), group=runs[0].get('group', ''))
         for key in METRICS:
+            if any(key not in r for r in runs):
+                continue
             values = np.array([r[key] for r in runs], dtype=float)
             row[key] = float(values.mean())
             row[key + '_std'] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
@@ -79,16 +84,18 @@ def _pm(row: Dict[str, Any], key: str, scale: float = 100.0, digits: int = 1) ->
 
 def markdown_table(rows: List[Dict[str, Any]]) -> str:
     """torchreid MODEL_ZOO-style table: R1 (mAP) first, then the rest."""
+    single = all('single_shot_rank1' in row for row in rows)
     out = ['| Model | Params (M) | GFLOPs | Input | R1 (mAP) | R5 | R10 | mINP | '
-           'train img/s | wall time | splits |',
-           '|---|---|---|---|---|---|---|---|---|---|---|']
+           + ('R1 single-shot | ' if single else '') + 'train img/s | wall time | splits |',
+           '|---|---|---|---|---|---|---|---|' + ('---|' if single else '') + '---|---|---|']
     for row in rows:
         minutes = row['wall_seconds'] / 60
         out.append(
             f"| {row['label']} | {row['params'] / 1e6:.1f} | {row['gflops']:.2f} | {row['input']} "
             f"| {_pm(row, 'rank1')} ({_pm(row, 'mAP')}) | {_pm(row, 'rank5')} "
             f"| {_pm(row, 'rank10')} | {_pm(row, 'mINP')} "
-            f"| {row['train_images_per_s']:.1f} | {minutes:.0f} min "
+            + (f"| {_pm(row, 'single_shot_rank1')} " if single else '')
+            + f"| {row['train_images_per_s']:.1f} | {minutes:.0f} min "
             f"| {len(row['splits'])} ({', '.join(map(str, row['splits']))}) |")
     return '\n'.join(out) + '\n'
 
@@ -139,3 +146,21 @@ def write_report(folder: str, order: Optional[List[str]] = None, title: str = ''
     if rows:
         plot_cmc(rows, os.path.join(folder, 'cmc.png'), title=title or 'CMC')
     return rows
+
+
+def environment() -> Dict[str, Any]:
+    """What produced the numbers: versions, device, threads."""
+    if torch.cuda.is_available():
+        device = torch.cuda.get_device_name(0)
+    else:
+        device = platform.processor() or platform.machine()
+        try:
+            with open('/proc/cpuinfo') as f:
+                names = [line.split(':', 1)[1].strip() for line in f if line.startswith('model name')]
+            if names:
+                device = f'{names[0]} ({len(names)} logical CPUs)'
+        except OSError:
+            pass
+    return dict(torch=torch.__version__, torchreid=_torchreid.describe(),
+                python=platform.python_version(), numpy=np.__version__, device=device,
+                torch_threads=torch.get_num_threads(), platform=platform.platform())

@@ -94,22 +94,24 @@ def validate(cfg: CN, check_data: bool = True) -> None:
 
 
 def model_kwargs(cfg: CN) -> Dict[str, Any]:
-    """The ``jlml`` keys a JLML builder takes (``build_model`` cannot pass them)."""
+    """The ``jlml`` keys the config's JLML builder takes (``build_model`` cannot pass
+    them); empty for other models."""
+    if cfg.model.name not in MODELS:
+        return {}
     j = cfg.jlml
-    return dict(num_stripes=j.num_stripes, feat_dim=j.feat_dim, dropout=j.dropout,
-                stem_width=j.stem_width, global_widths=tuple(j.global_widths),
-                local_widths=tuple(j.local_widths))
+    kwargs = dict(num_stripes=j.num_stripes, feat_dim=j.feat_dim, dropout=j.dropout)
+    if cfg.model.name != 'jlml_resnet50':  # it has its own (torchvision) trunk
+        kwargs.update(stem_width=j.stem_width, global_widths=list(j.global_widths),
+                      local_widths=list(j.local_widths))
+    return kwargs
 
 
 def build_model(cfg: CN, num_classes: int) -> torch.nn.Module:
     """A JLML model with the config's ``jlml`` keys, or any torchreid model by name."""
     name = cfg.model.name
     if name in MODELS:
-        kwargs = model_kwargs(cfg)
-        if name == 'jlml_resnet50':  # its own trunk: only the head keys apply
-            kwargs = {k: kwargs[k] for k in ('num_stripes', 'feat_dim', 'dropout')}
         return MODELS[name](num_classes, loss=cfg.loss.name, pretrained=cfg.model.pretrained,
-                            **kwargs)
+                            **model_kwargs(cfg))
     try:
         return _tr.models.build_model(name, num_classes, loss=cfg.loss.name,
                                       pretrained=cfg.model.pretrained, use_gpu=cfg.use_gpu)
@@ -220,14 +222,15 @@ def train(cfg: CN, resume_latest: bool = False, dist_info: Optional[DistInfo] = 
     meta = dict(model_name=cfg.model.name, num_classes=datamanager.num_train_pids,
                 loss=cfg.loss.name, input_size=[3, cfg.data.height, cfg.data.width],
                 mean=list(cfg.data.norm_mean), std=list(cfg.data.norm_std),
-                model_kwargs=_jsonable(model_kwargs(cfg)) if cfg.model.name in MODELS else {})
+                model_kwargs=model_kwargs(cfg))
     common = dict(scheduler=scheduler, use_gpu=cfg.use_gpu,
                   label_smooth=cfg.loss.softmax.label_smooth,
                   loss_weights={'global': cfg.jlml.weight_global, 'local': cfg.jlml.weight_local},
                   regularizer=regularizer, amp=cfg.train.amp,
                   channels_last=cfg.train.channels_last,
                   checkpoint_freq=cfg.train.checkpoint_freq,
-                  keep_checkpoints=cfg.train.keep_checkpoints, meta=meta)
+                  keep_checkpoints=cfg.train.keep_checkpoints, meta=meta,
+                  single_shot=cfg.test.single_shot)
     if cfg.loss.name == 'triplet':
         engine = JLMLTripletEngine(datamanager, model, optimizer,
                                    margin=cfg.loss.triplet.margin,
@@ -247,7 +250,3 @@ def train(cfg: CN, resume_latest: bool = False, dist_info: Optional[DistInfo] = 
     return RunResult(results=results, train_images_per_second=engine.train_images_per_second,
                      train_seconds=engine.train_seconds, wall_seconds=time.time() - wall_start,
                      num_params=num_params, flops=flops, save_dir=cfg.data.save_dir)
-
-
-def _jsonable(kwargs: Dict[str, Any]) -> Dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}

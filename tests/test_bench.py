@@ -1,0 +1,41 @@
+"""jlml-bench runs on tiny sizes and writes valid JSON (speed lives in BENCHMARKS.md)."""
+import json
+
+from jlml_plugin import bench
+
+
+def test_speed_on_tiny_sizes_writes_json(tmp_path, capsys):
+    out = tmp_path / 'speed.json'
+    code = bench.main(['speed', '--models', 'jlml,jlml@looped,osnet_x0_25', '--height', '32',
+                       '--width', '16', '--batch', '2', '--warmup', '1', '--repeats', '2',
+                       '--iters', '1', '--reference', 'osnet_x0_25', '--output', str(out)])
+    assert code == 0
+    data = json.loads(out.read_text())
+    assert set(data['results']) == {'jlml', 'jlml@looped', 'osnet_x0_25'}
+    row = data['results']['jlml']
+    assert row['train_images_per_s'] > 0 and row['infer_images_per_s'] > 0 and row['params'] > 0
+    assert data['results']['osnet_x0_25']['train_ratio'] == 1.0
+    assert len(row['seconds']['train']) == 2
+    assert 'jlml@looped' in capsys.readouterr().out
+
+
+def test_evaluator_benchmark_writes_json(tmp_path):
+    out = tmp_path / 'eval.json'
+    assert bench.main(['evaluator', '--queries', '20', '--gallery', '60', '--ids', '8',
+                       '--cams', '2', '--repeats', '1', '--output', str(out)]) == 0
+    data = json.loads(out.read_text())['results']
+    assert data['jlml_plugin']['speedup_of_jlml_plugin'] == 1.0
+    assert 'torchreid_python' in data
+
+
+def test_data_loader_benchmark(data_root, tmp_path):
+    out = tmp_path / 'data.json'
+    assert bench.main(['data', '--root', data_root, '--dataset', 'synthreid_tiny', '--height',
+                       '64', '--width', '32', '--batch', '4', '--workers', '0', '--batches', '3',
+                       '--output', str(out)]) == 0
+    assert json.loads(out.read_text())['results']['0'] > 0
+
+
+def test_unknown_model_is_a_clear_error(capsys):
+    assert bench.main(['speed', '--models', 'resnet5O']) == 2
+    assert "unknown model 'resnet5O'" in capsys.readouterr().err
