@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 
-from . import _torchreid, report
+from . import report
 from ._cli import Tee, main_wrapper
 from .config import flatten, get_cfg, merge_dict
 from .data.cuhk01 import NUM_SPLITS as CUHK01_SPLITS

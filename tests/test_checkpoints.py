@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from jlml_plugin import MODELS, _torchreid, load_checkpoint, torchreid
+from jlml_plugin import MODELS, load_checkpoint, torchreid
 from jlml_plugin.errors import CheckpointError
 
 SMALL = dict(stem_width=8, global_widths=(4, 8, 8, 16), local_widths=(4, 4, 8, 8))

@@ -3,7 +3,6 @@ import hashlib
 import json
 import os
 
-import numpy as np
 import pytest
 from PIL import Image
 

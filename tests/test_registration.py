@@ -3,7 +3,6 @@ import importlib
 import importlib.metadata
 import os
 import subprocess
-import sys
 
 import pytest
 
