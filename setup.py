@@ -6,5 +6,5 @@ setup(
     # The top-level configs/ folder ships inside the package, so `jlml-train` finds its
     # default config after a plain `pip install`.
     package_dir={'jlml_plugin.configs': 'configs'},
-    package_data={'jlml_plugin.configs': ['*.yaml', 'leaderboard/*.yaml']},
+    package_data={'jlml_plugin.configs': ['*.yaml', 'leaderboard/*.yaml', 'ablations/*.yaml']},
 )

@@ -3,6 +3,7 @@
     jlml-bench speed --models jlml,resnet50,osnet_x1_0,hacnn --height 160 --width 64 --batch 32
     jlml-bench data --root reid-data --dataset cuhk01 --workers 0,1,2
     jlml-bench evaluator --queries 3368 --gallery 15913 --ids 751 --cams 6
+    jlml-bench profile --model jlml --height 160 --width 64 --batch 32
 
 ``speed`` times training steps (forward + backward + optimizer step) and inference of
 each model, interleaved model by model within every repeat so that drift in the
@@ -11,6 +12,8 @@ to a reference model. ``jlml@looped`` is JLML with its stripe streams run one by
 a Python loop (the paper's drawing), for the before/after of batching them.
 ``data`` times torchreid's train loader alone. ``evaluator`` times the plugin's
 evaluator against torchreid's Python fallback and, where it is built, its Cython one.
+``profile`` prints torch.profiler's table of the operators that take the time of one
+model's training steps.
 Each writes JSON with the raw timings and the environment.
 """
 from __future__ import annotations
@@ -34,7 +37,8 @@ from .report import environment
 from .models import MODELS
 from .models.reference import LoopedLocalBranch
 
-__all__ = ['build_bench_model', 'time_call', 'speed', 'loader_speed', 'evaluator_speed', 'main']
+__all__ = ['build_bench_model', 'time_call', 'speed', 'loader_speed', 'evaluator_speed', 'profile',
+           'main']
 
 _tr = _torchreid
 
@@ -178,6 +182,30 @@ def evaluator_speed(queries: int, gallery: int, ids: int, cams: int, repeats: in
     return out
 
 
+def profile(model_name: str, height: int, width: int, batch: int, steps: int = 3,
+            channels_last: bool = False, rows: int = 15) -> str:
+    """torch.profiler's operator table (by self CPU time) for ``steps`` training steps."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = build_bench_model(model_name, 751).to(memory_format=fmt).train()
+    images = torch.randn(batch, 3, height, width).to(memory_format=fmt)
+    pids = torch.randint(0, 751, (batch,))
+    criterion = _tr.losses.CrossEntropyLoss(751, use_gpu=False)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-4)
+
+    def step():
+        loss = _losses(model(images), pids, criterion)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    step()  # warm-up: kernel selection is not steady-state time
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    return prof.key_averages().table(sort_by='self_cpu_time_total', row_limit=rows)
+
+
 def _write(path: Optional[str], payload: Dict) -> None:
     if path:
         with atomic_open(path, 'w') as f:
@@ -220,6 +248,14 @@ def build_parser() -> argparse.ArgumentParser:
     ep.add_argument('--repeats', type=int, default=3)
     ep.add_argument('--skip-python', action='store_true', help="skip torchreid's slow fallback")
     ep.add_argument('--output', default='')
+    pp = sub.add_parser('profile', help="torch.profiler's hot spots of one model's training")
+    pp.add_argument('--model', default='jlml')
+    pp.add_argument('--height', type=int, default=160)
+    pp.add_argument('--width', type=int, default=64)
+    pp.add_argument('--batch', type=int, default=32)
+    pp.add_argument('--steps', type=int, default=3)
+    pp.add_argument('--threads', type=int, default=0)
+    pp.add_argument('--channels-last', action='store_true')
     parser.add_argument('--debug', action='store_true', help='show tracebacks')
     return parser
 
@@ -250,6 +286,11 @@ def run(argv: List[str]) -> int:
         for n, rate in results.items():
             print(f'data.workers {n}: {rate:.1f} images/s')
         _write(args.output, dict(command='data', args=vars(args), env=env, results=results))
+    elif args.command == 'profile':
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        print(profile(args.model, args.height, args.width, args.batch, args.steps,
+                      args.channels_last))
     else:
         results = evaluator_speed(args.queries, args.gallery, args.ids, args.cams, args.repeats,
                                   include_python=not args.skip_python)

@@ -35,6 +35,11 @@ __all__ = ['validate', 'build_model', 'build_regularizer', 'train', 'RunResult',
 _tr = _torchreid
 
 
+def _use_gpu(cfg: CN) -> bool:
+    """``use_gpu``, as torchreid reads it: only where a GPU is there."""
+    return cfg.use_gpu and torch.cuda.is_available()
+
+
 def _one_of(what: str, value: str, choices) -> None:
     if value not in choices:
         raise ConfigError(f'unknown {what} {value!r}; choose one of: {", ".join(choices)}')
@@ -64,7 +69,7 @@ def validate(cfg: CN, check_data: bool = True) -> None:
     if cfg.jlml.engine != 'auto' and cfg.jlml.engine != cfg.loss.name:
         raise ConfigError(f'jlml.engine {cfg.jlml.engine} needs loss.name {cfg.jlml.engine}, '
                           f'got {cfg.loss.name}')
-    if cfg.train.amp == 'fp16' and not cfg.use_gpu:
+    if cfg.train.amp == 'fp16' and not _use_gpu(cfg):
         raise ConfigError('train.amp fp16 needs a GPU; use bf16 on the CPU')
     if cfg.train.batch_size < 1 or cfg.test.batch_size < 1:
         raise ConfigError('train.batch_size and test.batch_size must be >= 1')
@@ -198,7 +203,7 @@ def train(cfg: CN, resume_latest: bool = False, dist_info: Optional[DistInfo] = 
     if cfg.model.load_weights:
         _tr.utils.load_pretrained_weights(model, cfg.model.load_weights)
 
-    device = dist_info.device if dist_info else torch.device('cuda' if cfg.use_gpu else 'cpu')
+    device = dist_info.device if dist_info else torch.device('cuda' if _use_gpu(cfg) else 'cpu')
     if cfg.dist.sync_bn and distributed:
         if device.type != 'cuda':
             raise ConfigError('dist.sync_bn needs GPUs (NCCL); turn it off on the CPU')
@@ -210,7 +215,7 @@ def train(cfg: CN, resume_latest: bool = False, dist_info: Optional[DistInfo] = 
     if distributed:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == 'cuda' else None)
-    elif cfg.use_gpu and torch.cuda.device_count() > 1:
+    elif _use_gpu(cfg) and torch.cuda.device_count() > 1:
         model = torch.nn.DataParallel(model)
 
     opt_kwargs = optimizer_kwargs(cfg)

@@ -39,3 +39,10 @@ def test_data_loader_benchmark(data_root, tmp_path):
 def test_unknown_model_is_a_clear_error(capsys):
     assert bench.main(['speed', '--models', 'resnet5O']) == 2
     assert "unknown model 'resnet5O'" in capsys.readouterr().err
+
+
+def test_profile_prints_the_operator_table(capsys):
+    assert bench.main(['profile', '--model', 'jlml_local', '--height', '32', '--width', '16',
+                       '--batch', '2', '--steps', '1']) == 0
+    out = capsys.readouterr().out
+    assert 'Self CPU' in out and 'aten::' in out
