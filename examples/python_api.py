@@ -3,7 +3,7 @@ import jlml_plugin  # registers 'jlml' & co. with torchreid
 from jlml_plugin import torchreid  # torchreid's namespace, whichever layout is installed
 
 dm = torchreid.data.ImageDataManager(root='~/.cache/jlml_plugin', sources='synthreid',
-                                     height=96, width=48, workers=0, use_gpu=False)
+                                     height=64, width=32, workers=0, use_gpu=False)
 model = torchreid.models.build_model('jlml', dm.num_train_pids, loss='softmax', pretrained=False)
 optimizer = torchreid.optim.build_optimizer(model, optim='adam', lr=1e-3)
 engine = jlml_plugin.JLMLEngine(dm, model, optimizer, use_gpu=False,  # one loss per branch

@@ -129,10 +129,14 @@ def add_jlml_config(cfg: CN) -> CN:
     cfg.jlml = CN()
     cfg.jlml.num_stripes = 4        # local-branch stripes m; the input height must split into them
     cfg.jlml.feat_dim = 512         # feature size of each branch; the test feature joins both
-    cfg.jlml.dropout = 0.0          # dropout after each branch's feature layer, in training
+    cfg.jlml.dropout = 0.5          # dropout after each feature layer in training (chosen on cuhk01_val)
     cfg.jlml.stem_width = 64        # channels of the shared low-level conv layer
+    cfg.jlml.shared_widths = []     # bottleneck widths of residual stages shared by both branches
+    cfg.jlml.shared_depths = []     # ... and their block counts
     cfg.jlml.global_widths = [32, 64, 128, 256]  # bottleneck widths of the global stages
     cfg.jlml.local_widths = [16, 32, 64, 128]    # ... of each stripe stream's stages
+    cfg.jlml.depths = [2, 3, 4, 3]  # blocks per branch stage (2+3+4+3 = 12: JLML-ResNet39)
+    cfg.jlml.strides = [1, 2, 2, 1]  # first-block stride per branch stage
     # --- the multi-loss objective: w_g CE_g + w_l CE_l + lambda_g R_g + lambda_l R_l ---
     cfg.jlml.weight_global = 1.0    # w_g, weight of the global branch's identity loss
     cfg.jlml.weight_local = 1.0     # w_l, weight of the local branch's identity loss

@@ -27,6 +27,7 @@ from .engine import AMP_MODES, JLMLEngine, JLMLTripletEngine
 from .errors import ConfigError
 from .metrics import RankResult
 from .models import MODELS
+from .models.jlml import ARCH_KEYS
 from .regularizers import REGULARIZERS, SparsityHook, SparsityTerm
 
 __all__ = ['validate', 'build_model', 'build_regularizer', 'train', 'RunResult',
@@ -106,8 +107,8 @@ def model_kwargs(cfg: CN) -> Dict[str, Any]:
     j = cfg.jlml
     kwargs = dict(num_stripes=j.num_stripes, feat_dim=j.feat_dim, dropout=j.dropout)
     if cfg.model.name != 'jlml_resnet50':  # it has its own (torchvision) trunk
-        kwargs.update(stem_width=j.stem_width, global_widths=list(j.global_widths),
-                      local_widths=list(j.local_widths))
+        kwargs.update({key: list(j[key]) if isinstance(j[key], (list, tuple)) else j[key]
+                       for key in ARCH_KEYS})
     return kwargs
 
 

@@ -24,7 +24,9 @@ def main(mode, out, data_root, sampler):
                              'sampler.num_instances', '2', 'use_gpu', 'False',
                              'model.name', 'jlml', 'model.pretrained', 'False',
                              'jlml.stem_width', '8', 'jlml.global_widths', '[4, 8, 8, 16]',
-                             'jlml.local_widths', '[4, 4, 8, 8]'], base=get_cfg())
+                             'jlml.local_widths', '[4, 4, 8, 8]',
+                             'jlml.dropout', '0.0'],  # dropout masks would differ per process
+                    base=get_cfg())
     torchreid.utils.set_random_seed(cfg.train.seed)
     dm = torchreid.data.ImageDataManager(**imagedata_kwargs(cfg))
     loader = distributed_train_loader(dm.train_loader, cfg.sampler.train_sampler,

@@ -118,6 +118,18 @@ def test_cuhk01_through_torchreid(fake_campus):
     assert not os.path.exists(os.path.join(fake_campus, 'cuhk01', 'splits.json'))
 
 
+def test_validation_split_holds_out_training_identities_only():
+    names = [f'{p:04d}{k:03d}.png' for p in range(1, 972) for k in range(1, 5)]
+    val = cuhk01.make_split(0, names, validation=True)
+    train_ids, test_ids = cuhk01.partition(0)
+    val_train, val_query = cuhk01.validation_partition(0)
+    assert len(val_train) == 385 and len(val_query) == 100
+    assert set(val_train) | set(val_query) == set(train_ids)
+    assert {p + 1 for _, p, _ in val['query']} == set(val_query)
+    assert not {p + 1 for _, p, _ in val['query'] + val['gallery']} & set(test_ids)
+    assert len(val['train']) == 385 * 4 and val['num_train_pids'] == 385
+
+
 def test_cuhk01_split_id_out_of_range(fake_campus):
     with pytest.raises(ConfigError, match=r'split_id 20 is out of range: use 0-19'):
         torchreid.data.datasets.init_image_dataset('cuhk01', root=fake_campus, split_id=20)

@@ -17,7 +17,7 @@ KWARGS = dict(num_stripes=4, feat_dim=512, dropout=0.0, stem_width=8,
 
 def _example(name, *args, env=None):
     proc = subprocess.run([sys.executable, os.path.join(EXAMPLES, name), *args],
-                          capture_output=True, text=True, timeout=300,
+                          capture_output=True, text=True, timeout=900,
                           env={**os.environ, **(env or {})})
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     return proc.stdout

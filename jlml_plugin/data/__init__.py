@@ -6,10 +6,10 @@ from typing import List
 
 from .. import _torchreid
 from ..errors import ConfigError, DataError
-from .cuhk01 import CUHK01
+from .cuhk01 import CUHK01, CUHK01Validation
 from .synthetic import PRESETS, SynthReID, SynthReIDTiny
 
-__all__ = ['CUHK01', 'SynthReID', 'SynthReIDTiny', 'register_datasets', 'check_datasets']
+__all__ = ['CUHK01', 'CUHK01Validation', 'SynthReID', 'SynthReIDTiny', 'register_datasets', 'check_datasets']
 
 #: Where torchreid looks for the datasets the configs name, below ``data.root``.
 LAYOUTS = {
@@ -18,6 +18,7 @@ LAYOUTS = {
     'cuhk03': 'cuhk03/cuhk03_release/cuhk-03.mat (+ cuhk03_new_protocol_config_*.mat)',
     'msmt17': 'msmt17/MSMT17_V1 or MSMT17_V2/{train,test,list_*.txt}',
     'cuhk01': 'cuhk01/campus/NNNNIII.png (971 identities x 4 images)',
+    'cuhk01_val': 'cuhk01/campus/NNNNIII.png (971 identities x 4 images)',
     'viper': 'viper/VIPeR/{cam_a,cam_b}/',
     'grid': 'grid/underground_reid/{probe,gallery,features_and_partitions.mat}',
 }
@@ -28,6 +29,7 @@ def register_datasets() -> None:
     _torchreid.register_image_dataset('synthreid', SynthReID)
     _torchreid.register_image_dataset('synthreid_tiny', SynthReIDTiny)
     _torchreid.register_image_dataset('cuhk01', CUHK01, replace=True)
+    _torchreid.register_image_dataset('cuhk01_val', CUHK01Validation)
 
 
 def check_datasets(names: List[str], root: str) -> None:

@@ -23,24 +23,39 @@ from typing import Dict, List, Tuple
 from .. import _torchreid
 from ..errors import ConfigError, DataError
 
-__all__ = ['CUHK01', 'SEED', 'NUM_SPLITS', 'partition', 'make_split']
+__all__ = ['CUHK01', 'CUHK01Validation', 'SEED', 'NUM_SPLITS', 'partition',
+           'validation_partition', 'make_split']
 
 SEED = 2017
 NUM_IDS = 971
 NUM_TRAIN_IDS = 485
+NUM_VAL_IDS = 100
 NUM_PARTITIONS = 10
 NUM_SPLITS = 2 * NUM_PARTITIONS
 LAYOUT = '<root>/cuhk01/campus/NNNNIII.png (971 identities NNNN = 0001-0971, images III = 001-004)'
 
 
-def partition(index: int) -> Tuple[List[int], List[int]]:
-    """(train identities, test identities), 1-based as in the file names, each sorted."""
+def _shuffled(index: int) -> List[int]:
     rng = random.Random(SEED + index)
     ids = list(range(1, NUM_IDS + 1))
     for i in range(len(ids) - 1, 0, -1):
         j = int(rng.random() * (i + 1))
         ids[i], ids[j] = ids[j], ids[i]
+    return ids
+
+
+def partition(index: int) -> Tuple[List[int], List[int]]:
+    """(train identities, test identities), 1-based as in the file names, each sorted."""
+    ids = _shuffled(index)
     return sorted(ids[:NUM_TRAIN_IDS]), sorted(ids[NUM_TRAIN_IDS:])
+
+
+def validation_partition(index: int) -> Tuple[List[int], List[int]]:
+    """Partition ``index``'s training identities cut into (385 train, 100 validation):
+    model selection never sees the test identities."""
+    ids = _shuffled(index)[:NUM_TRAIN_IDS]
+    cut = NUM_TRAIN_IDS - NUM_VAL_IDS
+    return sorted(ids[:cut]), sorted(ids[cut:])
 
 
 def _check_split_id(split_id: int) -> None:
@@ -49,22 +64,27 @@ def _check_split_id(split_id: int) -> None:
                           f'(partition = split_id // 2, direction = split_id % 2)')
 
 
-def make_split(split_id: int, file_names: List[str]) -> Dict[str, list]:
+def make_split(split_id: int, file_names: List[str], validation: bool = False) -> Dict[str, list]:
     """torchreid's split structure (train/query/gallery lists of ``(relative path, pid,
-    camid)`` and id counts) for ``split_id``, from the campus folder's file names."""
+    camid)`` and id counts) for ``split_id``, from the campus folder's file names.
+
+    ``validation=True`` gives the validation split of the same partition: 385 of its
+    training identities train, the other 100 are queried; its test identities are unused.
+    """
     _check_split_id(split_id)
-    train_ids, _ = partition(split_id // 2)
+    train_ids, test_ids = (validation_partition if validation else partition)(split_id // 2)
     label = {pid: i for i, pid in enumerate(train_ids)}
+    test_ids = set(test_ids)
     query_view = split_id % 2
     train, query, gallery = [], [], []
     for name in sorted(file_names):
         pid, camid = int(name[:4]), (int(name[4:7]) - 1) // 2
         if pid in label:
             train.append((name, label[pid], camid))
-        else:
+        elif pid in test_ids:
             (query if camid == query_view else gallery).append((name, pid - 1, camid))
-    return dict(train=train, query=query, gallery=gallery, num_train_pids=NUM_TRAIN_IDS,
-                num_query_pids=NUM_IDS - NUM_TRAIN_IDS, num_gallery_pids=NUM_IDS - NUM_TRAIN_IDS)
+    return dict(train=train, query=query, gallery=gallery, num_train_pids=len(label),
+                num_query_pids=len(test_ids), num_gallery_pids=len(test_ids))
 
 
 class CUHK01(_torchreid.data.ImageDataset):
@@ -73,6 +93,7 @@ class CUHK01(_torchreid.data.ImageDataset):
     The same ``split_id`` (0-19) means the same people on every machine.
     """
     dataset_dir = 'cuhk01'
+    validation = False
 
     def __init__(self, root: str = '', split_id: int = 0, **kwargs) -> None:
         _check_split_id(split_id)
@@ -84,7 +105,14 @@ class CUHK01(_torchreid.data.ImageDataset):
         if len(names) != NUM_IDS * 4:
             raise DataError(f'cuhk01: expected {NUM_IDS * 4} images in {self.campus_dir}, '
                             f'found {len(names)}; torchreid expects {LAYOUT}')
-        split = make_split(split_id, names)
+        split = make_split(split_id, names, self.validation)
         resolve = lambda items: [(os.path.join(self.campus_dir, n), p, c) for n, p, c in items]  # noqa: E731
         super().__init__(resolve(split['train']), resolve(split['query']),
                          resolve(split['gallery']), **kwargs)
+
+
+class CUHK01Validation(CUHK01):
+    """``cuhk01_val``: for model selection. Split ``split_id`` trains on 385 of its
+    partition's training identities and evaluates on the other 100; the partition's test
+    identities are never touched."""
+    validation = True

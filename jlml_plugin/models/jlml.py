@@ -82,6 +82,9 @@ class JLMLArch:
 
 
 RESNET39 = JLMLArch()
+#: The JLMLArch fields a builder (and the config's ``jlml`` section) can set.
+ARCH_KEYS = ('stem_width', 'shared_widths', 'shared_depths', 'global_widths', 'local_widths',
+             'depths', 'strides')
 RESNET50 = JLMLArch(stem_width=64, shared_widths=(64,), shared_depths=(3,),
                     global_widths=(128, 256, 512), local_widths=(128, 256, 512),
                     depths=(4, 6, 3), strides=(2, 2, 1))
@@ -248,7 +251,7 @@ class JLML(nn.Module):
     def __init__(self, num_classes: int, loss: str = 'softmax', *,
                  branches: Sequence[str] = ('global', 'local'), shared_stem: bool = True,
                  joint_classifier: bool = False, num_stripes: int = 4, feat_dim: int = 512,
-                 dropout: float = 0.0, arch: JLMLArch = RESNET39) -> None:
+                 dropout: float = 0.5, arch: JLMLArch = RESNET39) -> None:
         super().__init__()
         if loss not in ('softmax', 'triplet'):
             raise KeyError(f"Unsupported loss: {loss!r} (JLML supports 'softmax' and 'triplet')")
