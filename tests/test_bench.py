@@ -1,6 +1,8 @@
 """jlml-bench runs on tiny sizes and writes valid JSON (speed lives in BENCHMARKS.md)."""
 import json
 
+import pytest
+
 from jlml_plugin import bench
 
 
@@ -25,7 +27,8 @@ def test_evaluator_benchmark_writes_json(tmp_path):
                        '--cams', '2', '--repeats', '1', '--output', str(out)]) == 0
     data = json.loads(out.read_text())['results']
     assert data['jlml_plugin']['speedup_of_jlml_plugin'] == 1.0
-    assert 'torchreid_python' in data
+    assert data['torchreid_python']['max_abs_difference_to_plugin'] < 1e-6
+    assert data['torchreid_python']['mAP'] == pytest.approx(data['jlml_plugin']['mAP'], abs=1e-6)
 
 
 def test_data_loader_benchmark(data_root, tmp_path):
