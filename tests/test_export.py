@@ -32,12 +32,18 @@ def _run(argv, capsys):
     return code, *capsys.readouterr()
 
 
+def _export_checked(checkpoint_path, fmt, output, capsys):
+    """Exports with --check and returns the console output."""
+    code, out, err = _run(['--checkpoint', checkpoint_path, '--format', fmt, '--output', output,
+                           '--check'], capsys)
+    assert code == 0, err
+    return out
+
+
 def test_onnx_export_matches_pytorch_with_a_dynamic_batch(checkpoint, tmp_path, capsys):
     path, model = checkpoint
     output = str(tmp_path / 'jlml.onnx')
-    code, out, err = _run(['--checkpoint', path, '--format', 'onnx', '--output', output,
-                           '--check'], capsys)
-    assert code == 0, err
+    out = _export_checked(path, 'onnx', output, capsys)
     assert 'check: max |onnx - pytorch|' in out and '(ok, limit 1e-4)' in out
     session = ort.InferenceSession(output, providers=['CPUExecutionProvider'])
     x = torch.randn(5, 3, 160, 64)
@@ -54,9 +60,7 @@ def test_onnx_export_matches_pytorch_with_a_dynamic_batch(checkpoint, tmp_path, 
 def test_torchscript_export_matches_pytorch(checkpoint, tmp_path, capsys):
     path, model = checkpoint
     output = str(tmp_path / 'jlml.pt')
-    code, out, err = _run(['--checkpoint', path, '--format', 'torchscript', '--output', output,
-                           '--check'], capsys)
-    assert code == 0, err
+    _export_checked(path, 'torchscript', output, capsys)
     files = {'jlml_meta.json': ''}
     loaded = torch.jit.load(output, _extra_files=files)
     assert json.loads(files['jlml_meta.json'])['feature_dim'] == 1024
