@@ -135,7 +135,8 @@ def _check_writable(folder: str) -> None:
 
 
 def run_leaderboard(config: str, root: str = '', output: str = '', only: Optional[List[str]] = None,
-                    dry_run: bool = False) -> List[Dict[str, Any]]:
+                    dry_run: bool = False, splits: Optional[List[int]] = None
+                    ) -> List[Dict[str, Any]]:
     spec = load_leaderboard(config)
     output = output or spec['output']
     runs = plan_runs(spec)
@@ -143,6 +144,10 @@ def run_leaderboard(config: str, root: str = '', output: str = '', only: Optiona
         runs = [r for r in runs if r.label in only]
         if not runs:
             raise ConfigError(f'--only {",".join(only)} matches no leaderboard entry')
+    if splits:
+        runs = [r for r in runs if r.split_id in splits]
+        if not runs:
+            raise ConfigError(f'--splits {",".join(map(str, splits))} matches no planned run')
     fingerprint = protocol_hash(spec)
     # Validate everything before the first epoch: splits, models, datasets, folders.
     configs = {run.key: _run_config(spec, run, root or spec.get('root', ''), output)
@@ -217,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--root', default='', help='datasets folder (overrides the config)')
     parser.add_argument('--output', default='', help='results folder (overrides the config)')
     parser.add_argument('--only', default='', help='comma-separated labels to run')
+    parser.add_argument('--splits', default='', help='comma-separated split ids to run (of those planned)')
     parser.add_argument('--dry-run', action='store_true', help='validate and list the runs left')
     parser.add_argument('--report-only', action='store_true',
                         help='rewrite tables and plots from the recorded results')
@@ -235,8 +241,12 @@ def run(argv: List[str]) -> int:
         report.write_report(output, order, title=spec.get('title', ''), header=_header(spec, env))
         return 0
     only = [s for s in args.only.split(',') if s]
+    try:
+        splits = [int(s) for s in args.splits.split(',') if s]
+    except ValueError:
+        raise ConfigError(f'--splits must be comma-separated split ids, got {args.splits!r}') from None
     run_leaderboard(args.config, root=args.root, output=args.output, only=only,
-                    dry_run=args.dry_run)
+                    dry_run=args.dry_run, splits=splits)
     return 0
 
 

@@ -56,6 +56,16 @@ def test_finished_runs_are_skipped(board, data_root, capsys):
     assert code == 0 and '6 runs, 6 done, 0 to go' in out
 
 
+def test_only_and_splits_select_runs(tmp_path, data_root, capsys):
+    code, out, _ = _run(['--config', SYNTHETIC, '--root', data_root, '--output', str(tmp_path),
+                         '--only', 'jlml,osnet_x0_25', '--splits', '1', '--dry-run'], capsys)
+    assert code == 0 and '2 runs, 0 done, 2 to go' in out
+    assert 'would run jlml/split1' in out and 'would run osnet_x0_25/split1' in out
+    code, _, err = _run(['--config', SYNTHETIC, '--root', data_root, '--output', str(tmp_path),
+                         '--only', 'jlml_global', '--splits', '1'], capsys)
+    assert code == 2 and '--splits 1 matches no planned run' in err
+
+
 def _config(tmp_path, **changes):
     spec = yaml.safe_load(open(SYNTHETIC))
     for key, value in changes.items():
