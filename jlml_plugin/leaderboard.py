@@ -222,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--root', default='', help='datasets folder (overrides the config)')
     parser.add_argument('--output', default='', help='results folder (overrides the config)')
     parser.add_argument('--only', default='', help='comma-separated labels to run')
-    parser.add_argument('--splits', default='', help='comma-separated split ids to run (of those planned)')
+    parser.add_argument('--splits', default='',
+                        help='comma-separated split ids to run (of those planned)')
     parser.add_argument('--dry-run', action='store_true', help='validate and list the runs left')
     parser.add_argument('--report-only', action='store_true',
                         help='rewrite tables and plots from the recorded results')
@@ -244,7 +245,8 @@ def run(argv: List[str]) -> int:
     try:
         splits = [int(s) for s in args.splits.split(',') if s]
     except ValueError:
-        raise ConfigError(f'--splits must be comma-separated split ids, got {args.splits!r}') from None
+        raise ConfigError(f'--splits must be comma-separated split ids, got {args.splits!r}'
+                          ) from None
     run_leaderboard(args.config, root=args.root, output=args.output, only=only,
                     dry_run=args.dry_run, splits=splits)
     return 0

@@ -9,7 +9,8 @@ from ..errors import ConfigError, DataError
 from .cuhk01 import CUHK01, CUHK01Validation
 from .synthetic import PRESETS, SynthReID, SynthReIDTiny
 
-__all__ = ['CUHK01', 'CUHK01Validation', 'SynthReID', 'SynthReIDTiny', 'register_datasets', 'check_datasets']
+__all__ = ['CUHK01', 'CUHK01Validation', 'SynthReID', 'SynthReIDTiny', 'register_datasets',
+           'check_datasets']
 
 #: Where torchreid looks for the datasets the configs name, below ``data.root``.
 LAYOUTS = {
