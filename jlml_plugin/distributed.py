@@ -28,8 +28,8 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from .errors import ConfigError
 
 __all__ = ['DistInfo', 'launched_by_torchrun', 'init_from_env', 'is_main_process', 'barrier',
-           'get_world_size', 'get_rank', 'DistributedIdentitySampler', 'distributed_random_sampler',
-           'per_rank_batch', 'distributed_train_loader', 'unwrap']
+           'shutdown', 'get_world_size', 'get_rank', 'DistributedIdentitySampler',
+           'distributed_random_sampler', 'per_rank_batch', 'distributed_train_loader', 'unwrap']
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,14 @@ def is_main_process() -> bool:
 def barrier() -> None:
     if get_world_size() > 1:
         dist.barrier()
+
+
+def shutdown() -> None:
+    """Leaves the process group. Left to interpreter exit, gloo's threads can abort a rank
+    ("terminate called without an active exception") after its work is done."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

@@ -22,6 +22,7 @@ from typing import List, Optional, Tuple
 from . import _torchreid
 from ._cli import log_to, main_wrapper
 from .config import flat_keys, get_cfg, load_config
+from .distributed import shutdown
 from .runner import train, validate
 
 DEFAULT_CONFIG = 'jlml_synthetic.yaml'
@@ -108,6 +109,7 @@ def run(argv: List[str]) -> int:
         print(f'Config:\n{cfg}')
     try:
         train(cfg, resume_latest=args.resume)
+        shutdown()  # after success only: a failed rank must not wait at a barrier
     finally:
         if tee is not None:
             sys.stdout = tee.console
