@@ -119,6 +119,11 @@ def _run_config(spec: Dict[str, Any], run: Run, root: str, output: str):
     return cfg
 
 
+def _label_order(spec: Dict[str, Any]) -> List[str]:
+    """The config's labels in order: tables follow it, whichever subset ran last."""
+    return list(dict.fromkeys(run.label for run in plan_runs(spec)))
+
+
 def protocol_hash(spec: Dict[str, Any]) -> str:
     """A fingerprint of the shared protocol; runs recorded under another one are refused."""
     text = json.dumps(spec['protocol'], sort_keys=True)
@@ -140,6 +145,7 @@ def run_leaderboard(config: str, root: str = '', output: str = '', only: Optiona
     spec = load_leaderboard(config)
     output = output or spec['output']
     runs = plan_runs(spec)
+    order = _label_order(spec)
     if only:
         runs = [r for r in runs if r.label in only]
         if not runs:
@@ -179,7 +185,6 @@ def run_leaderboard(config: str, root: str = '', output: str = '', only: Optiona
         return report.summarize(report.load_records(output))
     env = report.environment()
     report.atomic_write_text(os.path.join(output, 'environment.json'), json.dumps(env, indent=1))
-    order = list(dict.fromkeys(r.label for r in runs))
     for index, run in enumerate(todo, 1):
         cfg = configs[run.key]
         print(f'\n[{index}/{len(todo)}] {run.key}: {run.model} on {cfg.data.sources} split '
@@ -236,7 +241,7 @@ def run(argv: List[str]) -> int:
     if args.report_only:
         spec = load_leaderboard(args.config)
         output = args.output or spec['output']
-        order = list(dict.fromkeys(r.label for r in plan_runs(spec)))
+        order = _label_order(spec)
         records = report.load_records(output)
         env = records[-1]['env'] if records else report.environment()
         report.write_report(output, order, title=spec.get('title', ''), header=_header(spec, env))

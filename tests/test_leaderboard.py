@@ -1,6 +1,7 @@
 """jlml-leaderboard: the synthetic board end to end, resume, and bad configs."""
 import json
 import os
+import shutil
 
 import pytest
 import yaml
@@ -64,6 +65,15 @@ def test_only_and_splits_select_runs(tmp_path, data_root, capsys):
     code, _, err = _run(['--config', SYNTHETIC, '--root', data_root, '--output', str(tmp_path),
                          '--only', 'jlml_global', '--splits', '1'], capsys)
     assert code == 2 and '--splits 1 matches no planned run' in err
+
+
+def test_tables_follow_the_config_whichever_subset_ran(board, data_root, tmp_path, capsys):
+    shutil.copy(os.path.join(board, 'results.jsonl'), tmp_path)
+    code, out, _ = _run(['--config', SYNTHETIC, '--root', data_root, '--output', str(tmp_path),
+                         '--only', 'jlml_lambda0'], capsys)
+    assert code == 0 and '1 runs, 1 done, 0 to go' in out
+    summary = json.load(open(tmp_path / 'summary.json'))
+    assert [row['label'] for row in summary] == ['jlml', 'osnet_x0_25', 'jlml_global', 'jlml_lambda0']
 
 
 def _config(tmp_path, **changes):
