@@ -50,6 +50,16 @@ def test_visrank(checkpoint, data_root, tmp_path):
     assert len(pictures) == 10 and all(p.endswith('.jpg') for p in pictures)
 
 
+def test_branch_features(checkpoint, data_root):
+    out = _example('branch_features.py', '--checkpoint', checkpoint, '--root', data_root,
+                   '--dataset', 'synthreid_tiny')
+    assert 'synthreid_tiny split 0: 10 queries x 10 gallery' in out
+    scores = {line.split(' R1 ')[0].strip(): line for line in out.splitlines() if ' R1 ' in line}
+    assert list(scores) == ['global', 'local', 'joined (the test feature)',
+                            'joined, L2-normalised', 'each half normalised, joined']
+    assert all('mAP' in line for line in scores.values())
+
+
 def test_plot_cmc(tmp_path):
     for label, split, r1 in (('jlml', 0, 0.6), ('jlml', 1, 0.7), ('osnet_x1_0', 0, 0.5)):
         cmc = np.minimum(1.0, r1 + np.arange(50) * 0.02).tolist()
