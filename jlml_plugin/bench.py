@@ -179,8 +179,9 @@ def evaluator_speed(queries: int, gallery: int, ids: int, cams: int, repeats: in
     outputs = {}
     for _ in range(repeats):
         for name, fn in evaluators.items():
-            seconds[name].append(time_call(lambda: outputs.__setitem__(name, fn()),
-                                           torch.device('cpu')))
+            start = time.perf_counter()
+            outputs[name] = fn()
+            seconds[name].append(time.perf_counter() - start)
     ours = outputs['jlml_plugin']
     out = {}
     for name, runs in seconds.items():
