@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 import jlml_plugin
 from jlml_plugin import torchreid
+from jlml_plugin.export import load_feature_model
 
 
 def extract(model, loader):
@@ -35,16 +36,12 @@ def main():
     parser.add_argument('--split-id', type=int, default=0)
     args = parser.parse_args()
 
-    meta = jlml_plugin.load_checkpoint(args.checkpoint)['meta']
+    model, meta = load_feature_model(args.checkpoint)
     _, height, width = meta['input_size']
     datamanager = torchreid.data.ImageDataManager(
         root=args.root, sources=args.dataset, height=height, width=width, split_id=args.split_id,
         norm_mean=meta['mean'], norm_std=meta['std'], workers=0, use_gpu=False,
         batch_size_test=100)
-    model = jlml_plugin.MODELS[meta['model_name']](meta['num_classes'],
-                                                   **meta.get('model_kwargs', {}))
-    torchreid.utils.load_pretrained_weights(model, args.checkpoint)
-    model.eval()
     loaders = datamanager.test_loader[args.dataset]
     qf, q_pids, q_camids = extract(model, loaders['query'])
     gf, g_pids, g_camids = extract(model, loaders['gallery'])
