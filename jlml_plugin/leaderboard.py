@@ -119,9 +119,9 @@ def _run_config(spec: Dict[str, Any], run: Run, root: str, output: str):
     return cfg
 
 
-def _label_order(spec: Dict[str, Any]) -> List[str]:
-    """The config's labels in order: tables follow it, whichever subset ran last."""
-    return list(dict.fromkeys(run.label for run in plan_runs(spec)))
+def _label_order(runs: List[Run]) -> List[str]:
+    """The planned labels in order: tables follow the config, whichever subset ran last."""
+    return list(dict.fromkeys(run.label for run in runs))
 
 
 def protocol_hash(spec: Dict[str, Any]) -> str:
@@ -145,7 +145,7 @@ def run_leaderboard(config: str, root: str = '', output: str = '', only: Optiona
     spec = load_leaderboard(config)
     output = output or spec['output']
     runs = plan_runs(spec)
-    order = _label_order(spec)
+    order = _label_order(runs)
     if only:
         runs = [r for r in runs if r.label in only]
         if not runs:
@@ -241,7 +241,7 @@ def run(argv: List[str]) -> int:
     if args.report_only:
         spec = load_leaderboard(args.config)
         output = args.output or spec['output']
-        order = _label_order(spec)
+        order = _label_order(plan_runs(spec))
         records = report.load_records(output)
         env = records[-1]['env'] if records else report.environment()
         report.write_report(output, order, title=spec.get('title', ''), header=_header(spec, env))

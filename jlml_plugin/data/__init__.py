@@ -19,10 +19,10 @@ LAYOUTS = {
     'cuhk03': 'cuhk03/cuhk03_release/cuhk-03.mat (+ cuhk03_new_protocol_config_*.mat)',
     'msmt17': 'msmt17/MSMT17_V1 or MSMT17_V2/{train,test,list_*.txt}',
     'cuhk01': 'cuhk01/campus/NNNNIII.png (971 identities x 4 images)',
-    'cuhk01_val': 'cuhk01/campus/NNNNIII.png (971 identities x 4 images)',
     'viper': 'viper/VIPeR/{cam_a,cam_b}/',
     'grid': 'grid/underground_reid/{probe,gallery,features_and_partitions.mat}',
 }
+LAYOUTS['cuhk01_val'] = LAYOUTS['cuhk01']  # the same images, split for validation
 
 
 def register_datasets() -> None:
