@@ -1,10 +1,16 @@
-"""Atomic file writes: a crash leaves the old file or the new one, never half of one."""
+"""Safe files: atomic writes (a crash leaves the old file or the new one, never half of one)
+and advisory locks between processes."""
 from __future__ import annotations
 
 import contextlib
 import os
 import tempfile
 from typing import IO, Iterator
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; one process per results folder there
+    fcntl = None
 
 
 @contextlib.contextmanager
@@ -24,3 +30,19 @@ def atomic_open(path: str, mode: str = 'w') -> Iterator[IO]:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str, wait: bool = True) -> Iterator[bool]:
+    """Holds an exclusive lock on ``path`` (created if missing) for the block and yields
+    True; with ``wait=False`` it yields False at once if another holder has it. The OS drops
+    the lock when its holder dies, so a killed process never leaves a stale one."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, 'a') as handle:
+        if fcntl is not None:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+        yield True

@@ -12,7 +12,9 @@ sampler, engine path and the exact evaluator. A model entry may override only
 The whole config is validated before anything trains. Finished runs are recorded
 atomically in ``<output>/results.jsonl`` and skipped when the command runs again; an
 interrupted run resumes from its last checkpoint. After each run the CSV, JSON,
-Markdown table and CMC plot are rewritten.
+Markdown table and CMC plot are rewritten. Several runners (e.g. one per core or per
+GPU) may work on one results folder at once: each run is claimed with a lock, so they
+share out the runs.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ import yaml
 
 from . import report
 from ._cli import Tee, main_wrapper
+from ._files import exclusive_lock
 from .config import flatten, get_cfg, merge_dict
 from .data.cuhk01 import NUM_SPLITS as CUHK01_SPLITS
 from .errors import ConfigError
@@ -170,12 +173,7 @@ def run_leaderboard(config: str, root: str = '', output: str = '', only: Optiona
         except ConfigError as exc:
             raise ConfigError(f'{run.label}: {exc}') from exc
     _check_writable(output)
-    done = {}
-    for record in report.load_records(output):
-        if record.get('protocol') != fingerprint:
-            raise ConfigError(f'{output} holds results of another protocol ({record.get("protocol")}'
-                              f' vs {fingerprint}); use a new output folder')
-        done[f'{record["label"]}/split{record["split_id"]}'] = record
+    done = _finished_runs(output, fingerprint)
     todo = [r for r in runs if r.key not in done]
     print(f'Leaderboard {spec.get("name", config)}: {len(runs)} runs, {len(runs) - len(todo)} done, '
           f'{len(todo)} to go; results in {output}')
@@ -187,31 +185,56 @@ def run_leaderboard(config: str, root: str = '', output: str = '', only: Optiona
     report.atomic_write_text(os.path.join(output, 'environment.json'), json.dumps(env, indent=1))
     for index, run in enumerate(todo, 1):
         cfg = configs[run.key]
-        print(f'\n[{index}/{len(todo)}] {run.key}: {run.model} on {cfg.data.sources} split '
-              f'{run.split_id}', flush=True)
-        console = sys.stdout
-        tee = Tee(console, os.path.join(cfg.data.save_dir, 'train.log'))
-        sys.stdout = tee
-        try:
-            result = train(cfg, resume_latest=True)
-        finally:
-            sys.stdout = console
-            tee.close()
-        target = cfg.data.targets[0]
-        metrics = result.results[target]
-        record = dict(label=run.label, model=run.model, group=run.group, split_id=run.split_id,
-                      dataset=target, protocol=fingerprint, **metrics.as_dict((1, 5, 10, 20)),
-                      cmc=[float(v) for v in metrics.cmc[:50]], params=result.num_params,
-                      gflops=result.flops / 1e9, input=f'{cfg.data.height}x{cfg.data.width}',
-                      epochs=cfg.train.max_epoch,
-                      train_images_per_s=result.train_images_per_second,
-                      train_seconds=result.train_seconds, wall_seconds=result.wall_seconds,
-                      finished_at=time.strftime('%Y-%m-%dT%H:%M:%S'), env=env)
-        report.append_record(output, record)
-        report.write_report(output, order, title=spec.get('title', ''), header=_header(spec, env))
+        # Runners may share a leaderboard: each claims a run and re-reads what is finished
+        # under its claim, so they split the work and never train one run twice.
+        with exclusive_lock(os.path.join(cfg.data.save_dir, '.claim'), wait=False) as claimed:
+            if not claimed or run.key in _finished_runs(output, fingerprint):
+                print(f'\n[{index}/{len(todo)}] {run.key}: skipped, another runner '
+                      f'{"is training" if not claimed else "has finished"} it')
+                continue
+            print(f'\n[{index}/{len(todo)}] {run.key}: {run.model} on {cfg.data.sources} split '
+                  f'{run.split_id}', flush=True)
+            record = _train_and_evaluate(cfg, run, fingerprint, env)
+            with exclusive_lock(os.path.join(output, '.lock')):
+                report.append_record(output, record)
+                report.write_report(output, order, title=spec.get('title', ''),
+                                    header=_header(spec, env))
         print(f'=> {run.key}: R1 {record["rank1"]:.1%} mAP {record["mAP"]:.1%} '
-              f'mINP {record["mINP"]:.1%} ({result.wall_seconds / 60:.0f} min)', flush=True)
-    return report.write_report(output, order, title=spec.get('title', ''), header=_header(spec, env))
+              f'mINP {record["mINP"]:.1%} ({record["wall_seconds"] / 60:.0f} min)', flush=True)
+    with exclusive_lock(os.path.join(output, '.lock')):
+        return report.write_report(output, order, title=spec.get('title', ''),
+                                   header=_header(spec, env))
+
+
+def _finished_runs(output: str, fingerprint: str) -> Dict[str, Dict[str, Any]]:
+    done = {}
+    for record in report.load_records(output):
+        if record.get('protocol') != fingerprint:
+            raise ConfigError(f'{output} holds results of another protocol ({record.get("protocol")}'
+                              f' vs {fingerprint}); use a new output folder')
+        done[f'{record["label"]}/split{record["split_id"]}'] = record
+    return done
+
+
+def _train_and_evaluate(cfg, run: Run, fingerprint: str, env: Dict[str, Any]) -> Dict[str, Any]:
+    """Trains one run (resuming from its last checkpoint), its log teed to train.log."""
+    console = sys.stdout
+    tee = Tee(console, os.path.join(cfg.data.save_dir, 'train.log'))
+    sys.stdout = tee
+    try:
+        result = train(cfg, resume_latest=True)
+    finally:
+        sys.stdout = console
+        tee.close()
+    metrics = result.results[cfg.data.targets[0]]
+    return dict(label=run.label, model=run.model, group=run.group, split_id=run.split_id,
+                dataset=cfg.data.targets[0], protocol=fingerprint,
+                **metrics.as_dict((1, 5, 10, 20)), cmc=[float(v) for v in metrics.cmc[:50]],
+                params=result.num_params, gflops=result.flops / 1e9,
+                input=f'{cfg.data.height}x{cfg.data.width}', epochs=cfg.train.max_epoch,
+                train_images_per_s=result.train_images_per_second,
+                train_seconds=result.train_seconds, wall_seconds=result.wall_seconds,
+                finished_at=time.strftime('%Y-%m-%dT%H:%M:%S'), env=env)
 
 
 def _header(spec: Dict[str, Any], env: Dict[str, Any]) -> str:

@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from jlml_plugin import leaderboard
+from jlml_plugin._files import exclusive_lock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYNTHETIC = os.path.join(ROOT, 'configs', 'leaderboard', 'synthetic.yaml')
@@ -65,6 +66,25 @@ def test_only_and_splits_select_runs(tmp_path, data_root, capsys):
     code, _, err = _run(['--config', SYNTHETIC, '--root', data_root, '--output', str(tmp_path),
                          '--only', 'jlml_global', '--splits', '1'], capsys)
     assert code == 2 and '--splits 1 matches no planned run' in err
+
+
+def test_runs_claimed_by_another_runner_are_skipped(tmp_path, data_root, capsys):
+    claim = os.path.join(str(tmp_path), 'runs', 'jlml', 'split0', '.claim')
+    with exclusive_lock(claim) as held:
+        assert held
+        code, out, _ = _run(['--config', SYNTHETIC, '--root', data_root, '--output',
+                             str(tmp_path), '--only', 'jlml', '--splits', '0'], capsys)
+    assert code == 0 and 'jlml/split0: skipped, another runner is training it' in out
+    assert not os.path.exists(tmp_path / 'results.jsonl')
+
+
+def test_a_lock_is_exclusive_until_released(tmp_path):
+    path = str(tmp_path / 'lock')
+    with exclusive_lock(path) as first:
+        with exclusive_lock(path, wait=False) as second:
+            assert first and not second
+    with exclusive_lock(path, wait=False) as again:
+        assert again
 
 
 def test_tables_follow_the_config_whichever_subset_ran(board, data_root, tmp_path, capsys):
