@@ -197,11 +197,15 @@ def run_leaderboard(config: str, root: str = '', output: str = '', only: Optiona
             record = _train_and_evaluate(cfg, run, fingerprint, env)
             with exclusive_lock(os.path.join(output, '.lock')):
                 report.append_record(output, record)
-                report.write_report(output, order, title=spec.get('title', ''),
-                                    header=_header(spec, env))
+            _write_report(spec, output, order, env)
         print(f'=> {run.key}: R1 {record["rank1"]:.1%} mAP {record["mAP"]:.1%} '
               f'mINP {record["mINP"]:.1%} ({record["wall_seconds"] / 60:.0f} min)', flush=True)
-    with exclusive_lock(os.path.join(output, '.lock')):
+    return _write_report(spec, output, order, env)
+
+
+def _write_report(spec: Dict[str, Any], output: str, order: List[str], env: Dict[str, Any]
+                  ) -> List[Dict[str, Any]]:
+    with exclusive_lock(os.path.join(output, '.lock')):  # another runner may be appending
         return report.write_report(output, order, title=spec.get('title', ''),
                                    header=_header(spec, env))
 
@@ -266,8 +270,7 @@ def run(argv: List[str]) -> int:
         output = args.output or spec['output']
         order = _label_order(plan_runs(spec))
         records = report.load_records(output)
-        env = records[-1]['env'] if records else report.environment()
-        report.write_report(output, order, title=spec.get('title', ''), header=_header(spec, env))
+        _write_report(spec, output, order, records[-1]['env'] if records else report.environment())
         return 0
     only = [s for s in args.only.split(',') if s]
     try:

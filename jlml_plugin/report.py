@@ -22,7 +22,7 @@ from . import _torchreid
 from ._files import atomic_open
 
 __all__ = ['environment', 'load_records', 'append_record', 'summarize', 'write_report', 'plot_cmc',
-           'markdown_table', 'atomic_write_text']
+           'markdown_table', 'per_split_table', 'atomic_write_text']
 
 RECORDS = 'results.jsonl'
 CSV_FIELDS = ['label', 'model', 'split_id', 'rank1', 'rank5', 'rank10', 'rank20', 'mAP', 'mINP',
@@ -100,6 +100,20 @@ def markdown_table(rows: List[Dict[str, Any]]) -> str:
     return '\n'.join(out) + '\n'
 
 
+def per_split_table(records: List[Dict[str, Any]], rows: List[Dict[str, Any]]) -> str:
+    """R1 (mAP) of every run, one column per split: the spread behind each mean ± std."""
+    splits = sorted({split for row in rows for split in row['splits']})
+    runs = {(r['label'], r['split_id']): r for r in records}
+    out = ['| Model | ' + ' | '.join(f'split {s}' for s in splits) + ' |',
+           '|---|' + '---|' * len(splits)]
+    for row in rows:
+        cells = [runs.get((row['label'], split)) for split in splits]
+        out.append(f"| {row['label']} | " + ' | '.join(
+            f"{run['rank1'] * 100:.1f} ({run['mAP'] * 100:.1f})" if run else '–'
+            for run in cells) + ' |')
+    return '\n'.join(out) + '\n'
+
+
 def plot_cmc(rows: List[Dict[str, Any]], path: str, max_rank: int = 20,
              title: str = 'CMC') -> None:
     """Each row's mean CMC curve over ranks 1..``max_rank``, as a PNG."""
@@ -140,7 +154,11 @@ def write_report(folder: str, order: Optional[List[str]] = None, title: str = ''
     groups = OrderedDict()
     for row in rows:
         groups.setdefault(row['group'] or 'models', []).append(row)
-    body = ''.join(f'\n### {name}\n\n{markdown_table(group)}' for name, group in groups.items())
+    body = ''
+    for name, group in groups.items():
+        body += f'\n### {name}\n\n{markdown_table(group)}'
+        if any(len(row['splits']) > 1 for row in group):
+            body += f'\n### {name}, per split: R1 (mAP)\n\n{per_split_table(records, group)}'
     atomic_write_text(os.path.join(folder, 'leaderboard.md'),
                       f'# {title or "Leaderboard"}\n\n{header}{body}')
     if rows:

@@ -41,6 +41,10 @@ def test_synthetic_board_writes_every_report(board):
         assert r['train_images_per_s'] > 0 and r['env']['torch']
     table = open(os.path.join(board, 'leaderboard.md')).read()
     assert '| jlml | 12.1 |' in table and '± ' in table and '### ablation' in table
+    jlml_split1 = next(r for r in records if r['label'] == 'jlml' and r['split_id'] == 1)
+    assert '### models, per split: R1 (mAP)\n\n| Model | split 0 | split 1 |' in table
+    assert f"{jlml_split1['rank1'] * 100:.1f} ({jlml_split1['mAP'] * 100:.1f}) |\n" in table
+    assert '### ablation, per split' not in table  # one split each: nothing to spread
     summary = json.load(open(os.path.join(board, 'summary.json')))
     assert [row['label'] for row in summary] == ['jlml', 'osnet_x0_25', 'jlml_global', 'jlml_lambda0']
 
