@@ -195,8 +195,7 @@ def run_leaderboard(config: str, root: str = '', output: str = '', only: Optiona
             print(f'\n[{index}/{len(todo)}] {run.key}: {run.model} on {cfg.data.sources} split '
                   f'{run.split_id}', flush=True)
             record = _train_and_evaluate(cfg, run, fingerprint, env)
-            with exclusive_lock(os.path.join(output, '.lock')):
-                report.append_record(output, record)
+            report.append_record(output, record)
             _write_report(spec, output, order, env)
         print(f'=> {run.key}: R1 {record["rank1"]:.1%} mAP {record["mAP"]:.1%} '
               f'mINP {record["mINP"]:.1%} ({record["wall_seconds"] / 60:.0f} min)', flush=True)
@@ -205,9 +204,8 @@ def run_leaderboard(config: str, root: str = '', output: str = '', only: Optiona
 
 def _write_report(spec: Dict[str, Any], output: str, order: List[str], env: Dict[str, Any]
                   ) -> List[Dict[str, Any]]:
-    with exclusive_lock(os.path.join(output, '.lock')):  # another runner may be appending
-        return report.write_report(output, order, title=spec.get('title', ''),
-                                   header=_header(spec, env))
+    return report.write_report(output, order, title=spec.get('title', ''),
+                               header=_header(spec, env))
 
 
 def _finished_runs(output: str, fingerprint: str) -> Dict[str, Dict[str, Any]]:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from . import _torchreid
-from ._files import atomic_open
+from ._files import atomic_open, exclusive_lock
 
 __all__ = ['environment', 'load_records', 'append_record', 'summarize', 'write_report', 'plot_cmc',
            'markdown_table', 'per_split_table', 'atomic_write_text']
@@ -45,10 +45,17 @@ def load_records(folder: str) -> List[Dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def _folder_lock(folder: str):
+    """Serialises writers of one results folder (several leaderboard runners may share it)."""
+    return exclusive_lock(os.path.join(folder, '.lock'))
+
+
 def append_record(folder: str, record: Dict[str, Any]) -> None:
-    """Adds one finished run; the file is replaced whole, so it is never half-written."""
-    lines = [json.dumps(r, sort_keys=True) for r in load_records(folder) + [record]]
-    atomic_write_text(os.path.join(folder, RECORDS), '\n'.join(lines) + '\n')
+    """Adds one finished run; the file is replaced whole, so it is never half-written, and
+    under the folder's lock, so a concurrent append is never lost."""
+    with _folder_lock(folder):
+        lines = [json.dumps(r, sort_keys=True) for r in load_records(folder) + [record]]
+        atomic_write_text(os.path.join(folder, RECORDS), '\n'.join(lines) + '\n')
 
 
 def summarize(records: List[Dict[str, Any]], order: Optional[List[str]] = None
@@ -141,29 +148,30 @@ def plot_cmc(rows: List[Dict[str, Any]], path: str, max_rank: int = 20,
 def write_report(folder: str, order: Optional[List[str]] = None, title: str = '',
                  header: str = '') -> List[Dict[str, Any]]:
     """Regenerates every report file in ``folder`` from its records."""
-    records = load_records(folder)
-    rows = summarize(records, order)
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=CSV_FIELDS, extrasaction='ignore',
-                            lineterminator='\n')
-    writer.writeheader()
-    for record in records:
-        writer.writerow(record)
-    atomic_write_text(os.path.join(folder, 'results.csv'), text.getvalue())
-    atomic_write_text(os.path.join(folder, 'summary.json'), json.dumps(rows, indent=1) + '\n')
-    groups = OrderedDict()
-    for row in rows:
-        groups.setdefault(row['group'] or 'models', []).append(row)
-    body = ''
-    for name, group in groups.items():
-        body += f'\n### {name}\n\n{markdown_table(group)}'
-        if any(len(row['splits']) > 1 for row in group):
-            body += f'\n### {name}, per split: R1 (mAP)\n\n{per_split_table(records, group)}'
-    atomic_write_text(os.path.join(folder, 'leaderboard.md'),
-                      f'# {title or "Leaderboard"}\n\n{header}{body}')
-    if rows:
-        plot_cmc(rows, os.path.join(folder, 'cmc.png'), title=title or 'CMC')
-    return rows
+    with _folder_lock(folder):  # the files then agree with one state of the records
+        records = load_records(folder)
+        rows = summarize(records, order)
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=CSV_FIELDS, extrasaction='ignore',
+                                lineterminator='\n')
+        writer.writeheader()
+        for record in records:
+            writer.writerow(record)
+        atomic_write_text(os.path.join(folder, 'results.csv'), text.getvalue())
+        atomic_write_text(os.path.join(folder, 'summary.json'), json.dumps(rows, indent=1) + '\n')
+        groups = OrderedDict()
+        for row in rows:
+            groups.setdefault(row['group'] or 'models', []).append(row)
+        body = ''
+        for name, group in groups.items():
+            body += f'\n### {name}\n\n{markdown_table(group)}'
+            if any(len(row['splits']) > 1 for row in group):
+                body += f'\n### {name}, per split: R1 (mAP)\n\n{per_split_table(records, group)}'
+        atomic_write_text(os.path.join(folder, 'leaderboard.md'),
+                          f'# {title or "Leaderboard"}\n\n{header}{body}')
+        if rows:
+            plot_cmc(rows, os.path.join(folder, 'cmc.png'), title=title or 'CMC')
+        return rows
 
 
 def environment() -> Dict[str, Any]:
