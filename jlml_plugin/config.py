@@ -274,7 +274,7 @@ def _read_yaml(path: str) -> Dict[str, Any]:
     return values
 
 
-def _config_chain(path: str, seen: tuple = ()) -> List[tuple]:
+def config_chain(path: str, seen: tuple = ()) -> List[tuple]:
     """``(path, values)`` of ``path`` and the files its ``_BASE_`` keys name, base first
     (detectron2's convention; a base path is relative to the file naming it)."""
     if path in seen:
@@ -283,7 +283,7 @@ def _config_chain(path: str, seen: tuple = ()) -> List[tuple]:
     base = values.pop('_BASE_', None)
     chain = [(path, values)]
     if base:
-        chain = _config_chain(os.path.join(os.path.dirname(path), base), seen + (path,)) + chain
+        chain = config_chain(os.path.join(os.path.dirname(path), base), seen + (path,)) + chain
     return chain
 
 
@@ -293,7 +293,7 @@ def load_config(config_file: Optional[str] = None, opts: Optional[List[str]] = N
     ``_BASE_`` names), then ``KEY VALUE`` pairs."""
     cfg = base if base is not None else get_cfg()
     if config_file:
-        for path, values in _config_chain(config_file):
+        for path, values in config_chain(config_file):
             merge_dict(cfg, values, f'in {path}')
     opts = list(opts or [])
     if len(opts) % 2:

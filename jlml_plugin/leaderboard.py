@@ -32,7 +32,7 @@ import yaml
 from . import report
 from ._cli import Tee, main_wrapper
 from ._files import exclusive_lock
-from .config import flatten, get_cfg, merge_dict
+from .config import config_chain, flatten, get_cfg, merge_dict
 from .data.cuhk01 import NUM_SPLITS as CUHK01_SPLITS
 from .errors import ConfigError
 from .runner import train, validate
@@ -57,18 +57,31 @@ class Run:
 
 
 def load_leaderboard(path: str) -> Dict[str, Any]:
+    """The leaderboard spec in ``path``. A ``_BASE_`` file (relative to ``path``) supplies
+    every key not given; ``protocol`` is merged key by key, so a variant states only what
+    differs (e.g. ``train.max_epoch``)."""
     if not os.path.isfile(path):
         raise ConfigError(f'leaderboard config not found: {path}')
-    with open(path) as f:
-        spec = yaml.safe_load(f) or {}
-    unknown = set(spec) - _TOP_KEYS
-    if unknown:
-        raise ConfigError(f'unknown leaderboard key(s) {sorted(unknown)} in {path}; '
-                          f'expected {sorted(_TOP_KEYS)}')
+    spec: Dict[str, Any] = {}
+    for file, values in config_chain(path):
+        unknown = set(values) - _TOP_KEYS
+        if unknown:
+            raise ConfigError(f'unknown leaderboard key(s) {sorted(unknown)} in {file}; '
+                              f'expected {sorted(_TOP_KEYS)}')
+        protocol = _merged(spec.get('protocol') or {}, values.get('protocol') or {})
+        spec.update(values, protocol=protocol)
     for key in ('output', 'protocol', 'models', 'splits'):
-        if key not in spec:
+        if not spec.get(key):
             raise ConfigError(f'{path} needs a {key!r} entry')
     return spec
+
+
+def _merged(base: Dict[str, Any], update: Dict[str, Any]) -> Dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        nested = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _merged(out[key], value) if nested else value
+    return out
 
 
 def _entries(items: List[Any], where: str) -> List[Dict[str, Any]]:

@@ -144,3 +144,18 @@ def test_results_of_another_protocol_are_refused(tmp_path, board, data_root, cap
     path.write_text(yaml.safe_dump(spec))
     code, _, err = _run(['--config', str(path), '--root', data_root, '--output', board], capsys)
     assert code == 2 and 'holds results of another protocol' in err
+
+
+def test_a_variant_board_states_only_what_differs(tmp_path, capsys):
+    variant = tmp_path / 'variant.yaml'
+    variant.write_text(yaml.safe_dump({
+        '_BASE_': SYNTHETIC, 'output': str(tmp_path / 'long'), 'splits': [0],
+        'protocol': {'train': {'max_epoch': 2}}, 'ablations': {}}))
+    spec = leaderboard.load_leaderboard(str(variant))
+    expected = yaml.safe_load(open(SYNTHETIC))['protocol']
+    expected['train']['max_epoch'] = 2
+    assert spec['protocol'] == expected and spec['name'] == 'synthetic'
+    assert [run.key for run in leaderboard.plan_runs(spec)] == ['jlml/split0', 'osnet_x0_25/split0']
+    variant.write_text(yaml.safe_dump({'_BASE_': SYNTHETIC, 'colour': 'red'}))
+    code, _, err = _run(['--config', str(variant), '--dry-run'], capsys)
+    assert code == 2 and f"unknown leaderboard key(s) ['colour'] in {variant}" in err
