@@ -1,6 +1,7 @@
 """What every command shares: one-line errors, ``--debug`` for the traceback."""
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import time
@@ -8,6 +9,13 @@ import traceback
 from typing import Callable, List, Optional, TextIO
 
 from .errors import JLMLError, one_line
+
+
+def command_parser(prog: str, description: str, **kwargs) -> argparse.ArgumentParser:
+    """An argument parser carrying the ``--debug`` flag that :func:`main_wrapper` acts on."""
+    parser = argparse.ArgumentParser(prog=prog, description=description, **kwargs)
+    parser.add_argument('--debug', action='store_true', help='show tracebacks')
+    return parser
 
 
 def main_wrapper(prog: str, run: Callable[[List[str]], int],

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from . import _torchreid
-from ._cli import main_wrapper
+from ._cli import command_parser, main_wrapper
 from ._files import atomic_open
 from .errors import ConfigError
 from .metrics import evaluate_rank
@@ -228,7 +228,7 @@ def _write(path: Optional[str], payload: Dict) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog='jlml-bench', description=__doc__.split('\n\n')[0])
+    parser = command_parser('jlml-bench', __doc__.split('\n\n')[0])
     sub = parser.add_subparsers(dest='command', required=True)
     sp = sub.add_parser('speed', help='training and inference images/s, side by side')
     sp.add_argument('--models', default='jlml,resnet50,osnet_x1_0,hacnn')
@@ -270,7 +270,6 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument('--steps', type=int, default=3)
     pp.add_argument('--threads', type=int, default=0)
     pp.add_argument('--channels-last', action='store_true')
-    parser.add_argument('--debug', action='store_true', help='show tracebacks')
     return parser
 
 

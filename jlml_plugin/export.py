@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from . import _torchreid
-from ._cli import main_wrapper
+from ._cli import command_parser, main_wrapper
 from ._files import atomic_open
 from .errors import CheckpointError, ConfigError
 from .models import MODELS
@@ -143,7 +143,7 @@ def max_abs_difference(model: torch.nn.Module, meta: Dict[str, Any], output: str
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog='jlml-export', description=__doc__.split('\n\n')[0])
+    parser = command_parser('jlml-export', __doc__.split('\n\n')[0])
     parser.add_argument('--checkpoint', required=True, help='a jlml-train (or torchreid) checkpoint')
     parser.add_argument('--format', choices=['onnx', 'torchscript'], default='onnx')
     parser.add_argument('--output', required=True)
@@ -153,7 +153,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--opset', type=int, default=17)
     parser.add_argument('--check', action='store_true',
                         help='compare with PyTorch on random inputs (max |diff| < 1e-4)')
-    parser.add_argument('--debug', action='store_true', help='show tracebacks')
     return parser
 
 

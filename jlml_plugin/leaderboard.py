@@ -30,7 +30,7 @@ from typing import Any, Dict, List, Optional
 import yaml
 
 from . import report
-from ._cli import Tee, main_wrapper
+from ._cli import Tee, command_parser, main_wrapper
 from ._files import exclusive_lock
 from .config import config_chain, flatten, get_cfg, merge_dict
 from .data.cuhk01 import NUM_SPLITS as CUHK01_SPLITS
@@ -260,7 +260,7 @@ def _header(spec: Dict[str, Any], env: Dict[str, Any]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog='jlml-leaderboard', description=__doc__.split('\n\n')[0])
+    parser = command_parser('jlml-leaderboard', __doc__.split('\n\n')[0])
     parser.add_argument('--config', required=True, help='leaderboard YAML')
     parser.add_argument('--root', default='', help='datasets folder (overrides the config)')
     parser.add_argument('--output', default='', help='results folder (overrides the config)')
@@ -270,7 +270,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--dry-run', action='store_true', help='validate and list the runs left')
     parser.add_argument('--report-only', action='store_true',
                         help='rewrite tables and plots from the recorded results')
-    parser.add_argument('--debug', action='store_true', help='show tracebacks')
     return parser
 
 

@@ -20,7 +20,7 @@ from importlib import resources
 from typing import List, Optional, Tuple
 
 from . import _torchreid
-from ._cli import log_to, main_wrapper
+from ._cli import command_parser, log_to, main_wrapper
 from .config import flat_keys, get_cfg, load_config
 from .distributed import shutdown
 from .runner import train, validate
@@ -33,10 +33,10 @@ _KEY_SHAPE = re.compile(r'^[A-Za-z_]\w*(\.\w+)+$')
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog='jlml-train', formatter_class=argparse.RawDescriptionHelpFormatter,
-        description='Train and evaluate JLML (or any torchreid model) from a torchreid-style '
-                    'yacs config.',
+    parser = command_parser(
+        'jlml-train', 'Train and evaluate JLML (or any torchreid model) from a torchreid-style '
+                      'yacs config.',
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog='Without --config-file it trains JLML on the built-in synthetic set '
                f'({DEFAULT_CONFIG}).\nExample: jlml-train --config-file configs/jlml_cuhk01.yaml '
                '--root reid-data train.max_epoch 30')
@@ -47,7 +47,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--root', default='', help='datasets folder (data.root)')
     parser.add_argument('--resume', action='store_true',
                         help='continue from the newest checkpoint under data.save_dir')
-    parser.add_argument('--debug', action='store_true', help='show tracebacks')
     parser.add_argument('opts', nargs=argparse.REMAINDER, metavar='KEY VALUE',
                         help='config overrides, e.g. train.lr 0.001 model.name osnet_x1_0')
     return parser
