@@ -129,7 +129,9 @@ def add_jlml_config(cfg: CN) -> CN:
     cfg.jlml = CN()
     cfg.jlml.num_stripes = 4        # local-branch stripes m; the input height must split into them
     cfg.jlml.feat_dim = 512         # feature size of each branch; the test feature joins both
-    cfg.jlml.dropout = 0.5          # dropout after each feature layer, in training (cuhk01_val)
+    cfg.jlml.dropout = 0.5          # dropout between each feature and its classifier (cuhk01_val)
+    cfg.jlml.pre_relu_feature = False   # match (and triplet-train) the feature before its ReLU
+    cfg.jlml.normalize_branches = False  # L2-normalise each branch's test feature before joining
     cfg.jlml.stem_width = 64        # channels of the shared low-level conv layer
     cfg.jlml.shared_widths = []     # bottleneck widths of residual stages shared by both branches
     cfg.jlml.shared_depths = []     # ... and their block counts

@@ -179,3 +179,57 @@ def test_hyper_parameters_from_the_builders():
 def test_unsupported_loss_is_a_key_error_like_torchreid():
     with pytest.raises(KeyError, match='Unsupported loss'):
         MODELS['jlml'](3, loss='arcface')
+
+
+@pytest.mark.parametrize('name', ['jlml', 'jlml_independent'])
+def test_every_conv_starts_at_he_fan_out_per_stream(name):
+    """Each stripe stream of a grouped conv starts as an ungrouped conv of its size would:
+    std sqrt(2 / (out channels per stream * kernel area))."""
+    torch.manual_seed(0)
+    model = MODELS[name](5)
+    grouped = 0
+    for conv_name, conv in model.named_modules():
+        if not isinstance(conv, torch.nn.Conv2d):
+            continue
+        kh, kw = conv.kernel_size
+        expected = (2 / (conv.out_channels // conv.groups * kh * kw)) ** 0.5
+        for stream in conv.weight.detach().chunk(conv.groups if conv.groups > 1 else 1):
+            assert stream.std().item() == pytest.approx(expected, rel=0.1), conv_name
+        grouped += conv.groups == model.num_stripes
+    assert grouped > 0  # the local branch's stripe streams were among them
+    conv1 = model.local_branch.tower[0][0].conv1.weight
+    assert conv1.std().item() == pytest.approx(2 ** 0.5 / 4, rel=0.05)  # 0.354, not 0.177
+
+
+def test_triplet_features_are_taken_before_dropout():
+    model = MODELS['jlml'](5, loss='triplet', dropout=0.5, **SMALL).train()
+    x = _input('jlml')
+    torch.manual_seed(1)
+    logits_a, feats_a = model(x)
+    torch.manual_seed(2)
+    logits_b, feats_b = model(x)
+    assert not torch.equal(logits_a[0], logits_b[0])  # different dropout masks ...
+    for a, b in zip(feats_a, feats_b):
+        torch.testing.assert_close(a, b)  # ... the same features
+        assert (a > 0).float().mean() > 0.3  # after the ReLU, not half zeroed by dropout
+
+
+def test_test_feature_options():
+    torch.manual_seed(0)
+    x = _input('jlml')
+    plain = MODELS['jlml'](5, **SMALL).eval()
+    state = plain.state_dict()
+    with torch.no_grad():
+        joined = plain(x)
+        pre = MODELS['jlml'](5, pre_relu_feature=True, **SMALL).eval()
+        pre.load_state_dict(state)
+        pre_joined = pre(x)
+        normed = MODELS['jlml'](5, normalize_branches=True, **SMALL).eval()
+        normed.load_state_dict(state)
+        normed_joined = normed(x)
+    torch.testing.assert_close(joined, pre_joined.clamp_min(0))
+    assert (pre_joined < 0).any()
+    for half in normed_joined.chunk(2, dim=1):
+        torch.testing.assert_close(half.norm(dim=1), torch.ones(len(x)))
+    torch.testing.assert_close(normed_joined[:, :512],
+                               torch.nn.functional.normalize(joined[:, :512], dim=1))

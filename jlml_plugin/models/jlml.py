@@ -9,7 +9,7 @@ A shared low-level layer feeds two branches:
 * the local branch, ``num_stripes`` streams of the same structure with independent
   weights, one per horizontal stripe of the shared feature map.
 
-Each branch ends in its own ``feat_dim`` feature (FC + BN + ReLU) and its own identity
+Each branch ends in its own ``feat_dim`` feature (BN + FC + ReLU) and its own identity
 classifier; at test time the two features are joined and matched with the L2 distance.
 
 The paper's layer table could not be obtained, so "JLML-ResNet39" here is our design in
@@ -22,6 +22,7 @@ loop; :mod:`jlml_plugin.models.reference` holds the per-stripe loop it must equa
 """
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from dataclasses import dataclass, replace
@@ -156,33 +157,36 @@ class Stem(nn.Module):
 
 
 class Embedding(nn.Module):
-    """A branch's feature layer: FC + BN + ReLU (+ dropout in training).
+    """A branch's feature layer: BN without affine parameters, then FC (the feature
+    before the ReLU, which :class:`JLML` applies).
 
-    ``fc.weight`` is the matrix the structured-sparsity regulariser acts on.
+    ``fc.weight`` is the matrix the structured-sparsity regularisers act on, so nothing
+    may undo a rescaling of it (docs/regularizers.md): its inputs are batch-normalised
+    to a fixed scale (no learnable gain that could grow while a column shrinks) and no
+    normalisation stands after it. A column scaled by ``c`` scales what that pooled
+    channel adds to the feature by ``c``; a zero column removes the channel.
     """
 
-    def __init__(self, in_features: int, feat_dim: int, dropout: float = 0.0) -> None:
+    def __init__(self, in_features: int, feat_dim: int) -> None:
         super().__init__()
+        self.bn = nn.BatchNorm1d(in_features, affine=False)
         self.fc = nn.Linear(in_features, feat_dim)
-        self.bn = nn.BatchNorm1d(feat_dim)
-        self.relu = nn.ReLU(inplace=True)
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.relu(self.bn(self.fc(x))))
+        return self.fc(self.bn(x))
 
 
 class GlobalBranch(nn.Module):
-    """Residual tower over the whole shared feature map, global pooling, feature layer."""
+    """Residual tower over the whole shared feature map, global pooling, feature layer
+    (returns the feature before its ReLU)."""
 
-    def __init__(self, arch: JLMLArch, feat_dim: int, dropout: float,
-                 own_stem: bool = False) -> None:
+    def __init__(self, arch: JLMLArch, feat_dim: int, own_stem: bool = False) -> None:
         super().__init__()
         self.stem = Stem(arch) if own_stem else None
         self.tower = _tower(arch.shared_channels, arch.global_widths, arch.depths,
                             arch.strides, arch.expansion)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.embed = Embedding(arch.global_widths[-1] * arch.expansion, feat_dim, dropout)
+        self.embed = Embedding(arch.global_widths[-1] * arch.expansion, feat_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stem is not None:
@@ -197,7 +201,7 @@ class LocalBranch(nn.Module):
     columns ``[s*C, (s+1)*C)`` of ``embed.fc``) and mapped to one ``feat_dim`` feature.
     """
 
-    def __init__(self, arch: JLMLArch, num_stripes: int, feat_dim: int, dropout: float,
+    def __init__(self, arch: JLMLArch, num_stripes: int, feat_dim: int,
                  own_stem: bool = False) -> None:
         super().__init__()
         self.num_stripes = num_stripes
@@ -206,7 +210,7 @@ class LocalBranch(nn.Module):
                             arch.strides, arch.expansion, streams=num_stripes)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.stripe_dim = arch.local_widths[-1] * arch.expansion
-        self.embed = Embedding(self.stripe_dim * num_stripes, feat_dim, dropout)
+        self.embed = Embedding(self.stripe_dim * num_stripes, feat_dim)
 
     def stack_stripes(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, m*C, H/m, W): stripe ``s`` becomes channel block ``s``."""
@@ -239,19 +243,25 @@ class JLML(nn.Module):
         joint_classifier: one classifier on the joined feature instead of one per branch.
         num_stripes: local-branch stripes ``m``.
         feat_dim: feature size of each branch.
-        dropout: dropout after each feature layer, in training.
+        dropout: dropout between each feature and its classifier, in training.
+        pre_relu_feature: the test (and triplet) feature is each branch's feature layer
+            output before its ReLU (the classifiers still read it after the ReLU).
+        normalize_branches: L2-normalise each branch's test feature before joining them
+            (as torchreid's HA-CNN does), so neither branch dominates the L2 distance.
         arch: the residual towers.
 
     Training returns ``(logits_global, logits_local)`` for ``'softmax'`` and
     ``((logits_global, logits_local), (feat_global, feat_local))`` for ``'triplet'``
-    (a single tensor in place of each pair when there is one branch or one classifier).
+    (a single tensor in place of each pair when there is one branch or one classifier);
+    the triplet features are taken before dropout and normalisation.
     Evaluation returns the joined feature, ``(B, feat_dim * len(branches))``.
     """
 
     def __init__(self, num_classes: int, loss: str = 'softmax', *,
                  branches: Sequence[str] = ('global', 'local'), shared_stem: bool = True,
                  joint_classifier: bool = False, num_stripes: int = 4, feat_dim: int = 512,
-                 dropout: float = 0.5, arch: JLMLArch = RESNET39) -> None:
+                 dropout: float = 0.5, pre_relu_feature: bool = False,
+                 normalize_branches: bool = False, arch: JLMLArch = RESNET39) -> None:
         super().__init__()
         if loss not in ('softmax', 'triplet'):
             raise KeyError(f"Unsupported loss: {loss!r} (JLML supports 'softmax' and 'triplet')")
@@ -265,14 +275,17 @@ class JLML(nn.Module):
         self.num_stripes = num_stripes
         self.feature_dim = feat_dim * len(branches)
         self.joint_classifier = joint_classifier
+        self.pre_relu_feature = pre_relu_feature
+        self.normalize_branches = normalize_branches
         #: One identity loss per name; the engine weights and logs them by these names.
         self.loss_names: Tuple[str, ...] = ('joint',) if joint_classifier else branches
         own_stem = not shared_stem
         self.shared = None if own_stem else Stem(arch)
-        self.global_branch = (GlobalBranch(arch, feat_dim, dropout, own_stem)
+        self.global_branch = (GlobalBranch(arch, feat_dim, own_stem)
                               if 'global' in branches else None)
-        self.local_branch = (LocalBranch(arch, num_stripes, feat_dim, dropout, own_stem)
+        self.local_branch = (LocalBranch(arch, num_stripes, feat_dim, own_stem)
                              if 'local' in branches else None)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         # Heads are top-level children so torchreid's staged_lr / fixbase_epoch can name them.
         if joint_classifier:
             self.head_names: Tuple[str, ...] = ('classifier',)
@@ -292,32 +305,55 @@ class JLML(nn.Module):
             names['reg_local'] = 'local_branch.embed.fc.weight'
         return names
 
-    def branch_features(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        """Each branch's feature, in ``branch_names`` order."""
+    def _embeddings(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """Each branch's feature layer output, before the ReLU, in ``branch_names`` order."""
         if self.shared is not None:
             x = self.shared(x)
         return tuple(getattr(self, f'{b}_branch')(x) for b in self.branch_names)
 
+    def _features(self, embeddings: Tuple[torch.Tensor, ...]) -> Tuple[torch.Tensor, ...]:
+        """The per-branch features that are matched (and, for triplet, trained as such)."""
+        return embeddings if self.pre_relu_feature else tuple(map(torch.relu, embeddings))
+
+    def branch_features(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """Each branch's test feature, in ``branch_names`` order (what eval joins)."""
+        feats = self._features(self._embeddings(x))
+        if self.normalize_branches:
+            feats = tuple(nn.functional.normalize(f, dim=1) for f in feats)
+        return feats
+
     def forward(self, x: torch.Tensor):
-        feats = self.branch_features(x)
         if not self.training:
+            feats = self.branch_features(x)
             return torch.cat(feats, 1) if len(feats) > 1 else feats[0]
+        embeddings = self._embeddings(x)
+        feats = self._features(embeddings)
+        inputs = tuple(self.dropout(torch.relu(e)) for e in embeddings)
         if self.joint_classifier:
-            feats = (torch.cat(feats, 1),)
-        logits = tuple(getattr(self, head)(f) for head, f in zip(self.head_names, feats))
+            inputs, feats = (torch.cat(inputs, 1),), (torch.cat(feats, 1),)
+        logits = tuple(getattr(self, head)(f) for head, f in zip(self.head_names, inputs))
         if len(logits) == 1:
             logits, feats = logits[0], feats[0]
         return logits if self.loss == 'softmax' else (logits, feats)
 
 
+def he_fan_out_std(conv: nn.Conv2d) -> float:
+    """He (fan-out) std of one stream of a possibly grouped conv: ``sqrt(2 / fan_out)``
+    with fan_out = the output channels of *one* group times the kernel area. torch's
+    ``kaiming_normal_`` counts every group's outputs, which would start each of the
+    ``m`` stripe streams at ``1/sqrt(m)`` of the std an ungrouped stream gets."""
+    kh, kw = conv.kernel_size
+    return math.sqrt(2.0 / (conv.out_channels // conv.groups * kh * kw))
+
+
 def _init_weights(model: nn.Module) -> None:
-    """He init for convs and feature layers; zero-init the last BN of each residual
-    block so every block starts as the identity (helps training from scratch);
-    N(0, 0.01) classifiers."""
+    """He (fan-out) init for convs, per stream in grouped ones, and for feature layers;
+    zero-init the last BN of each residual block so every block starts as the identity
+    (helps training from scratch); N(0, 0.01) classifiers."""
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, mode='fan_out', nonlinearity='relu')
-        elif isinstance(module, (nn.BatchNorm2d, nn.BatchNorm1d)):
+            nn.init.normal_(module.weight, 0, he_fan_out_std(module))
+        elif isinstance(module, (nn.BatchNorm2d, nn.BatchNorm1d)) and module.affine:
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Linear):
