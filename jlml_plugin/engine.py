@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import math
 import os
 import time
 from typing import Any, Dict, List, Optional, Tuple
@@ -54,7 +55,8 @@ class JLMLEngine(_tr.engine.ImageSoftmaxEngine):
             ``ImageSoftmaxEngine`` (``scheduler=None`` is fine).
         loss_weights: weight of each named identity loss (``{'global': w_g, 'local': w_l}``);
             a name not given weighs 1.
-        regularizer: terms added to the loss every step (None: none).
+        regularizer: sparsity terms, reported every step and minimised by their proximal
+            step after each optimizer step (None: none).
         amp: ``'off'``, ``'bf16'`` or ``'fp16'``.
         channels_last: feed images in NHWC memory format.
         checkpoint_freq: save a resumable checkpoint every N epochs (0: only when torchreid
@@ -132,12 +134,13 @@ class JLMLEngine(_tr.engine.ImageSoftmaxEngine):
         with self._autocast():
             outputs = self.model(imgs)
         loss, summary = self.compute_losses(outputs, pids)
-        if self.regularizer:
-            reg_total, reg_values = self.regularizer()
-            loss = loss + reg_total
-            summary.update({name: value.item() for name, value in reg_values.items()})
         value = loss.item()
-        if not torch.isfinite(loss):
+        if self.regularizer:  # reported here, minimised by the proximal step below
+            with torch.no_grad():
+                reg_total, reg_values = self.regularizer()
+            value += reg_total.item()
+            summary.update({name: v.item() for name, v in reg_values.items()})
+        if not math.isfinite(value):
             raise NonFiniteLossError(
                 f'the loss became {value} at epoch {self.epoch + 1}, step {self.batch_idx + 1}; '
                 f'training stopped and the last good checkpoint is kept (try a lower train.lr'
@@ -150,6 +153,8 @@ class JLMLEngine(_tr.engine.ImageSoftmaxEngine):
         else:
             loss.backward()
             self.optimizer.step()
+        if self.regularizer:
+            self.regularizer.proximal_step(self.optimizer)
         summary['loss'] = value
         return summary
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, Optional
 
 import torch
@@ -105,7 +105,8 @@ def model_kwargs(cfg: CN) -> Dict[str, Any]:
     if cfg.model.name not in MODELS:
         return {}
     j = cfg.jlml
-    kwargs = dict(num_stripes=j.num_stripes, feat_dim=j.feat_dim, dropout=j.dropout)
+    kwargs = dict(num_stripes=j.num_stripes, feat_dim=j.feat_dim, dropout=j.dropout,
+                  pre_relu_feature=j.pre_relu_feature, normalize_branches=j.normalize_branches)
     if cfg.model.name != 'jlml_resnet50':  # it has its own (torchvision) trunk
         kwargs.update({key: list(j[key]) if isinstance(j[key], (list, tuple)) else j[key]
                        for key in ARCH_KEYS})
@@ -228,7 +229,8 @@ def train(cfg: CN, resume_latest: bool = False, dist_info: Optional[DistInfo] = 
     meta = dict(model_name=cfg.model.name, num_classes=datamanager.num_train_pids,
                 loss=cfg.loss.name, input_size=[3, cfg.data.height, cfg.data.width],
                 mean=list(cfg.data.norm_mean), std=list(cfg.data.norm_std),
-                model_kwargs=model_kwargs(cfg))
+                model_kwargs=model_kwargs(cfg),
+                sparsity=[asdict(term) for term, _ in regularizer.terms] if regularizer else [])
     common = dict(scheduler=scheduler, use_gpu=cfg.use_gpu,
                   label_smooth=cfg.loss.softmax.label_smooth,
                   loss_weights={'global': cfg.jlml.weight_global, 'local': cfg.jlml.weight_local},
