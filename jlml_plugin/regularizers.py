@@ -36,8 +36,8 @@ __all__ = ['group_lasso', 'exclusive_group_lasso', 'prox_group_lasso',
            'prox_exclusive_group_lasso', 'selection_norms', 'REGULARIZERS', 'SparsityTerm',
            'SparsityHook', 'jlml_terms', 'jlml_sparsity', 'LAMBDA_GLOBAL', 'LAMBDA_LOCAL']
 
-#: Default weights (our choice; the paper's are unknown): each term is about 0.5 at
-#: initialisation, the order of one identity loss (docs/regularizers.md).
+#: Default weights (our choice; the paper's are unknown): each weighted term is about 0.7
+#: at initialisation, the order of one identity loss (docs/regularizers.md).
 LAMBDA_GLOBAL = 5e-4
 LAMBDA_LOCAL = 5e-7
 
@@ -56,7 +56,7 @@ def exclusive_group_lasso(weight: torch.Tensor, groups: int = 1) -> torch.Tensor
     if groups < 1 or rows.shape[1] % groups:
         raise ConfigError(f'exclusive_group_lasso: {rows.shape[1]} input columns cannot form '
                           f'{groups} equal groups; set groups to a divisor of {rows.shape[1]}')
-    return rows.abs().reshape(rows.shape[0], groups, -1).sum(dim=2).square().sum()
+    return _column_groups(rows, groups).abs().sum(dim=2).square().sum()
 
 
 def _column_groups(weight: torch.Tensor, groups: int) -> torch.Tensor:
