@@ -1,14 +1,18 @@
-"""Score a JLML checkpoint's global, local and joined features, raw and L2-normalised.
+"""Score a JLML checkpoint's test-feature choices: each branch alone, joined, normalised,
+after or before the feature layer's ReLU.
 
     python examples/branch_features.py --checkpoint log/jlml_cuhk01/model/model.pth.tar-30 \
-        --root reid-data --dataset cuhk01_val
+        --root reid-data --dataset cuhk01_val --output results/val/jlml.json
 
-JLML's test feature is [global 512 | local 512]; this evaluates each half alone, the
-joined feature (what torchreid's evaluation uses), the joined feature L2-normalised, and
-each half normalised before joining, all with the Euclidean distance. Use a validation
-set (``cuhk01_val``) when the answer will steer a design choice.
+JLML's test feature is [global 512 | local 512]. For the feature after its ReLU (the
+default) and before it (``jlml.pre_relu_feature``), this evaluates each half alone, the
+joined feature, the joined feature L2-normalised, and each half normalised before joining
+(``jlml.normalize_branches``), all with the Euclidean distance. None of these changes
+training, so one checkpoint scores them all. Use a validation set (``cuhk01_val``) when
+the answer will steer a design choice; ``--output`` keeps the scores as a JSON record.
 """
 import argparse
+import json
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +20,15 @@ import torch.nn.functional as F
 import jlml_plugin
 from jlml_plugin import torchreid
 from jlml_plugin.export import load_feature_model
+
+VIEWS = {
+    'global': lambda f, half: f[:, :half],
+    'local': lambda f, half: f[:, half:],
+    'joined': lambda f, half: f,
+    'joined, L2-normalised': lambda f, half: F.normalize(f),
+    'each half normalised, joined': lambda f, half: torch.cat([F.normalize(f[:, :half]),
+                                                               F.normalize(f[:, half:])], 1),
+}
 
 
 def extract(model, loader):
@@ -34,6 +47,7 @@ def main():
     parser.add_argument('--root', required=True)
     parser.add_argument('--dataset', default='synthreid')
     parser.add_argument('--split-id', type=int, default=0)
+    parser.add_argument('--output', default='', help='JSON file for the scores')
     args = parser.parse_args()
 
     model, meta = load_feature_model(args.checkpoint)
@@ -43,23 +57,27 @@ def main():
         norm_mean=meta['mean'], norm_std=meta['std'], workers=0, use_gpu=False,
         batch_size_test=100)
     loaders = datamanager.test_loader[args.dataset]
-    qf, q_pids, q_camids = extract(model, loaders['query'])
-    gf, g_pids, g_camids = extract(model, loaders['gallery'])
-
-    half = qf.shape[1] // 2
-    views = {
-        'global': lambda f: f[:, :half],
-        'local': lambda f: f[:, half:],
-        'joined (the test feature)': lambda f: f,
-        'joined, L2-normalised': lambda f: F.normalize(f),
-        'each half normalised, joined': lambda f: torch.cat([F.normalize(f[:, :half]),
-                                                             F.normalize(f[:, half:])], 1),
-    }
-    print(f'{args.dataset} split {args.split_id}: {len(qf)} queries x {len(gf)} gallery')
-    for name, view in views.items():
-        distmat = torchreid.metrics.compute_distance_matrix(view(qf), view(gf), 'euclidean')
-        result = jlml_plugin.evaluate_rank(distmat.numpy(), q_pids, g_pids, q_camids, g_camids)
-        print(f'{name:<30} R1 {result.cmc[0]:.1%}  mAP {result.mAP:.1%}')
+    model.normalize_branches = False  # the views below normalise where they say so
+    scores = {}
+    for where, pre_relu in (('after ReLU', False), ('before ReLU', True)):
+        model.pre_relu_feature = pre_relu
+        qf, q_pids, q_camids = extract(model, loaders['query'])
+        gf, g_pids, g_camids = extract(model, loaders['gallery'])
+        if not scores:
+            print(f'{args.dataset} split {args.split_id}: {len(qf)} queries x {len(gf)} gallery')
+        half = qf.shape[1] // 2
+        for name, view in VIEWS.items():
+            distmat = torchreid.metrics.compute_distance_matrix(view(qf, half), view(gf, half),
+                                                                'euclidean')
+            result = jlml_plugin.evaluate_rank(distmat.numpy(), q_pids, g_pids, q_camids,
+                                               g_camids)
+            label = f'{name}, {where}'
+            scores[label] = result.as_dict((1, 5, 10))
+            print(f'{label:<42} R1 {result.cmc[0]:.1%}  mAP {result.mAP:.1%}')
+    if args.output:
+        with open(args.output, 'w') as f:
+            json.dump(dict(checkpoint=args.checkpoint, dataset=args.dataset,
+                           split_id=args.split_id, scores=scores), f, indent=1)
 
 
 if __name__ == '__main__':

@@ -1,4 +1,5 @@
 """Every script in examples/ runs on the synthetic set and does what it says."""
+import json
 import os
 import subprocess
 import sys
@@ -50,14 +51,20 @@ def test_visrank(checkpoint, data_root, tmp_path):
     assert len(pictures) == 10 and all(p.endswith('.jpg') for p in pictures)
 
 
-def test_branch_features(checkpoint, data_root):
+def test_branch_features(checkpoint, data_root, tmp_path):
+    record = tmp_path / 'scores.json'
     out = _example('branch_features.py', '--checkpoint', checkpoint, '--root', data_root,
-                   '--dataset', 'synthreid_tiny')
+                   '--dataset', 'synthreid_tiny', '--output', str(record))
     assert 'synthreid_tiny split 0: 10 queries x 10 gallery' in out
     scores = {line.split(' R1 ')[0].strip(): line for line in out.splitlines() if ' R1 ' in line}
-    assert list(scores) == ['global', 'local', 'joined (the test feature)',
-                            'joined, L2-normalised', 'each half normalised, joined']
-    assert all('mAP' in line for line in scores.values())
+    views = ['global', 'local', 'joined', 'joined, L2-normalised',
+             'each half normalised, joined']
+    assert list(scores) == [f'{v}, {where}' for where in ('after ReLU', 'before ReLU')
+                            for v in views]
+    saved = json.loads(record.read_text())['scores']
+    assert list(saved) == list(scores)
+    for label, line in scores.items():
+        assert f"R1 {saved[label]['rank1']:.1%}" in line and 'mAP' in line
 
 
 def test_plot_cmc(tmp_path):
