@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 import jlml_plugin
 from jlml_plugin import torchreid
-from jlml_plugin.export import load_feature_model
+from jlml_plugin.features import load_feature_model
 
 VIEWS = {
     'global': lambda f, half: f[:, :half],

@@ -4,7 +4,10 @@
         --images ~/.cache/jlml_plugin/synthreid/synthreid-seed0/query --output features.npy
 
 Any checkpoint jlml-train writes works, whatever number of identities it was trained on
-(the classifiers are skipped). The image size and normalisation come from the checkpoint.
+(the classifiers are skipped). The model (with its trained ``feat_dim``, stripes and
+widths), the image size and the normalisation come from the checkpoint:
+``jlml_plugin.CheckpointFeatureExtractor`` is torchreid's FeatureExtractor on the model
+the checkpoint describes (torchreid's own one would rebuild a default JLML by name).
 """
 import argparse
 import os
@@ -12,7 +15,6 @@ import os
 import numpy as np
 
 import jlml_plugin
-from jlml_plugin import torchreid
 
 
 def main():
@@ -23,12 +25,7 @@ def main():
     parser.add_argument('--batch', type=int, default=64)
     args = parser.parse_args()
 
-    meta = jlml_plugin.load_checkpoint(args.checkpoint).get('meta', {})
-    _, height, width = meta.get('input_size', [3, 160, 64])
-    extractor = torchreid.utils.FeatureExtractor(
-        model_name=meta.get('model_name', 'jlml'), model_path=args.checkpoint,
-        image_size=(height, width), pixel_mean=meta.get('mean', [0.485, 0.456, 0.406]),
-        pixel_std=meta.get('std', [0.229, 0.224, 0.225]), device='cpu', verbose=False)
+    extractor = jlml_plugin.CheckpointFeatureExtractor(args.checkpoint)
     paths = sorted(os.path.join(args.images, n) for n in os.listdir(args.images)
                    if n.lower().endswith(('.jpg', '.jpeg', '.png')))
     features = np.concatenate([extractor(paths[i:i + args.batch]).numpy()

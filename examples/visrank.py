@@ -8,9 +8,9 @@ Green borders are correct matches, red ones wrong. One picture per query is writ
 """
 import argparse
 
-import jlml_plugin
 from jlml_plugin import torchreid
 from jlml_plugin.engine import JLMLEngine
+from jlml_plugin.features import load_feature_model
 
 
 def main():
@@ -22,14 +22,11 @@ def main():
     parser.add_argument('--topk', type=int, default=5)
     args = parser.parse_args()
 
-    meta = jlml_plugin.load_checkpoint(args.checkpoint)['meta']
+    model, meta = load_feature_model(args.checkpoint)  # the model its metadata describes
     _, height, width = meta['input_size']
     datamanager = torchreid.data.ImageDataManager(
         root=args.root, sources=args.dataset, height=height, width=width,
         norm_mean=meta['mean'], norm_std=meta['std'], workers=0, use_gpu=False)
-    model = jlml_plugin.MODELS[meta['model_name']](datamanager.num_train_pids,
-                                                   **meta.get('model_kwargs', {}))
-    torchreid.utils.load_pretrained_weights(model, args.checkpoint)
     optimizer = torchreid.optim.build_optimizer(model)
     engine = JLMLEngine(datamanager, model, optimizer, use_gpu=False)
     engine.run(test_only=True, visrank=True, visrank_topk=args.topk, save_dir=args.save_dir)

@@ -17,6 +17,7 @@ from ._torchreid import load_checkpoint, register_model
 from ._torchreid import torchreid
 from .data import register_datasets
 from .engine import JLMLEngine, JLMLTripletEngine
+from .features import CheckpointFeatureExtractor, load_feature_model
 from .metrics import RankResult, evaluate_rank, evaluate_torchreid
 from .models import MODELS, JLML, default_cfgs
 from .models import jlml, jlml_global, jlml_independent, jlml_local, jlml_resnet50, jlml_single_loss
@@ -41,7 +42,7 @@ def register() -> None:
 
 register()
 
-__all__ = ['JLML', 'JLMLEngine', 'JLMLTripletEngine', 'MODELS', 'RankResult', 'SparsityHook', 'SparsityTerm', 'default_cfgs',
+__all__ = ['CheckpointFeatureExtractor', 'JLML', 'JLMLEngine', 'JLMLTripletEngine', 'MODELS', 'RankResult', 'SparsityHook', 'SparsityTerm', 'default_cfgs',
            'evaluate_rank', 'exclusive_group_lasso', 'group_lasso', 'jlml', 'jlml_global',
            'jlml_independent', 'jlml_local', 'jlml_resnet50', 'jlml_single_loss',
-           'jlml_sparsity', 'load_checkpoint', 'register', 'register_model', 'torchreid']
+           'jlml_sparsity', 'load_checkpoint', 'load_feature_model', 'register', 'register_model', 'torchreid']

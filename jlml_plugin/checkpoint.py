@@ -25,8 +25,8 @@ from ._files import atomic_open
 from ._torchreid import load_checkpoint
 from .errors import CheckpointError
 
-__all__ = ['atomic_save', 'save_checkpoint', 'latest_checkpoint', 'resume', 'rng_state',
-           'set_rng_state', 'load_checkpoint']
+__all__ = ['atomic_save', 'save_checkpoint', 'latest_checkpoint', 'model_state', 'resume',
+           'rng_state', 'set_rng_state', 'load_checkpoint']
 
 PREFIX = 'model.pth.tar-'
 
@@ -93,12 +93,18 @@ def latest_checkpoint(save_dir: str) -> Optional[str]:
     return max(candidates, key=lambda p: (int(p.rsplit('-', 1)[1]), os.path.getmtime(p)))
 
 
+def model_state(checkpoint: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+    """A checkpoint's weights with the ``module.`` prefix of (Distributed)DataParallel
+    removed; a bare state dict is taken as it is."""
+    state = checkpoint.get('state_dict', checkpoint)
+    return {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state.items()}
+
+
 def resume(path: str, model: torch.nn.Module, optimizer=None, scheduler=None,
            scaler=None) -> int:
     """Restores weights, optimizer, scheduler, scaler and RNG states; returns the next epoch."""
     checkpoint = load_checkpoint(path)
-    state_dict = {k[len('module.'):] if k.startswith('module.') else k: v
-                  for k, v in checkpoint['state_dict'].items()}
+    state_dict = model_state(checkpoint)
     target = model.module if hasattr(model, 'module') else model
     try:
         target.load_state_dict(state_dict)

@@ -16,65 +16,18 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
 
-from . import _torchreid
 from ._cli import command_parser, main_wrapper
 from ._files import atomic_open
-from .errors import CheckpointError, ConfigError
-from .models import MODELS
+from .errors import ConfigError
+from .features import load_feature_model
 
-__all__ = ['load_feature_model', 'export_onnx', 'export_torchscript', 'max_abs_difference',
+__all__ = ['export_onnx', 'export_torchscript', 'max_abs_difference',
            'main']
-
-_HEAD_PREFIXES = ('classifier',)
-
-
-def load_feature_model(path: str, model_name: str = '',
-                       input_size: Optional[Tuple[int, int]] = None
-                       ) -> Tuple[torch.nn.Module, Dict[str, Any]]:
-    """The eval-mode model of a checkpoint, without its classifiers, and its metadata."""
-    checkpoint = _torchreid.load_checkpoint(path)
-    meta = dict(checkpoint.get('meta') or {})
-    name = model_name or meta.get('model_name', '')
-    if not name:
-        raise ConfigError(f'{path} does not say which model it holds; pass --model NAME')
-    if name not in _torchreid.model_factory():
-        raise ConfigError(f'unknown model {name!r}; choose from: '
-                          f'{", ".join(sorted(_torchreid.model_factory()))}')
-    kwargs = meta.get('model_kwargs', {}) if name == meta.get('model_name') else {}
-    if name in MODELS:
-        model = MODELS[name](1, pretrained=False, **kwargs)
-    else:
-        model = _torchreid.models.build_model(name, 1, pretrained=False, use_gpu=False)
-    state = checkpoint.get('state_dict', checkpoint)
-    state = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state.items()}
-    target = model.state_dict()
-    mismatched = [k for k, v in state.items() if not k.startswith(_HEAD_PREFIXES)
-                  and (k not in target or target[k].shape != v.shape)]
-    missing = [k for k in target if not k.startswith(_HEAD_PREFIXES) and k not in state]
-    if mismatched or missing:
-        raise CheckpointError(f'{path} does not fit {name} (e.g. {(mismatched + missing)[:2]}); '
-                              f'pass the --model it was trained as')
-    model.load_state_dict({k: v for k, v in state.items() if not k.startswith(_HEAD_PREFIXES)},
-                          strict=False)
-    model.eval()
-    height, width = input_size or tuple(meta.get('input_size', [3, 0, 0])[1:]) or (0, 0)
-    if not height or not width:
-        raise ConfigError(f'{path} does not record its input size; pass --height and --width')
-    with torch.no_grad():
-        feature_dim = model(torch.zeros(1, 3, height, width)).shape[1]
-    meta.update(model_name=name, input_size=[3, height, width], feature_dim=int(feature_dim),
-                mean=meta.get('mean', [0.485, 0.456, 0.406]),
-                std=meta.get('std', [0.229, 0.224, 0.225]),
-                input_format='float32 NCHW RGB in [0, 1], normalised as (x - mean) / std',
-                distance='euclidean')
-    meta.pop('model_kwargs', None)
-    return model, meta
-
 
 def _example(meta: Dict[str, Any], batch: int, seed: int = 0) -> torch.Tensor:
     _, h, w = meta['input_size']

@@ -21,7 +21,7 @@ import torch
 
 from ._cli import command_parser, main_wrapper
 from ._files import atomic_open
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, model_state
 from .errors import CheckpointError
 from .models import MODELS
 from .regularizers import SparsityTerm, jlml_terms, selection_norms
@@ -51,8 +51,7 @@ def selection_summary(state_dict: Dict[str, torch.Tensor],
     """Per term: how many units are exactly 0 and how many are under ``OFF_RATIO`` of the
     largest (overall, and per stripe for the exclusive group LASSO), and ``curves``:
     the unit sizes over the largest, sorted, per stripe where there are stripes."""
-    state = {k[len('module.'):] if k.startswith('module.') else k: v
-             for k, v in state_dict.items()}
+    state = model_state(state_dict)
     summary = {}
     for term in terms:
         if term.param not in state:
@@ -118,8 +117,7 @@ def run(argv: List[str]) -> int:
     if not os.path.isfile(args.checkpoint):
         raise CheckpointError(f'no checkpoint at {args.checkpoint}')
     checkpoint = load_checkpoint(args.checkpoint)
-    summary = selection_summary(checkpoint.get('state_dict', checkpoint),
-                                checkpoint_terms(checkpoint))
+    summary = selection_summary(model_state(checkpoint), checkpoint_terms(checkpoint))
     png = args.output or args.checkpoint + '.sparsity.png'
     plot_selection(summary, png, os.path.basename(args.checkpoint))
     with atomic_open(os.path.splitext(png)[0] + '.json', 'w') as f:
