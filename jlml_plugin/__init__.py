@@ -5,7 +5,8 @@
 * registers the JLML models (``jlml``, ``jlml_global``, ``jlml_local``,
   ``jlml_single_loss``, ``jlml_independent``, ``jlml_resnet50``) in torchreid's model
   factory, so ``build_model``, ``show_avai_models`` and ``FeatureExtractor`` know them;
-* registers the ``synthreid`` datasets and replaces ``cuhk01`` with seeded, fixed splits;
+* registers the ``synthreid`` datasets and CUHK01 with seeded, fixed splits as
+  ``cuhk01_seeded`` and ``cuhk01_val`` (torchreid's ``cuhk01`` is left as it is);
 * makes torchreid's ``evaluate_rank`` use the exact vectorised evaluator whenever its
   Cython one is not built, and fixes checkpoint loading on torch >= 2.6.
 
@@ -30,8 +31,8 @@ __version__ = '0.1.0'
 def register() -> None:
     """Registers every JLML model and dataset with torchreid and installs the fixes.
 
-    Runs on import; calling it again changes nothing. It is also the
-    ``torchreid.models`` entry point, for tools that discover plugins.
+    Runs on import; calling it again changes nothing. torchreid discovers no plugins,
+    so ``import jlml_plugin`` is what registers them (no entry point is declared).
     """
     for name, builder in MODELS.items():
         register_model(name, builder)

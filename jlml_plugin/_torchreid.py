@@ -90,9 +90,9 @@ def _same_object(a: Any, b: Any) -> bool:
     return a is b or key(a) == key(b)
 
 
-def _register(registry: Dict[str, Any], kind: str, name: str, obj: Any, replace: bool) -> None:
+def _register(registry: Dict[str, Any], kind: str, name: str, obj: Any) -> None:
     current = registry.get(name)
-    if current is None or replace or _same_object(current, obj):
+    if current is None or _same_object(current, obj):
         registry[name] = obj
         return
     raise ValueError(f'torchreid already has a {kind} named {name!r} ({current!r}); '
@@ -106,15 +106,13 @@ def register_model(name: str, builder: Callable) -> None:
     ``(num_classes, loss='softmax', pretrained=True, use_gpu=True)``; use
     :func:`functools.partial` to fix further keyword arguments.
     """
-    _register(model_factory(), 'model', name, builder, replace=False)
+    _register(model_factory(), 'model', name, builder)
 
 
-def register_image_dataset(name: str, dataset: type, replace: bool = False) -> None:
-    """Adds an image dataset class to torchreid's dataset factory, idempotently.
-
-    ``replace=True`` rebinds a built-in name (the plugin does this for ``cuhk01``).
-    """
-    _register(image_dataset_factory(), 'dataset', name, dataset, replace=replace)
+def register_image_dataset(name: str, dataset: type) -> None:
+    """Adds an image dataset class to torchreid's dataset factory, idempotently; a taken
+    name (torchreid's own ``cuhk01``, say) is never rebound."""
+    _register(image_dataset_factory(), 'dataset', name, dataset)
 
 
 def available_samplers() -> list:

@@ -1,7 +1,7 @@
 """``jlml-bench``: measured numbers, side by side in one process.
 
     jlml-bench speed --models jlml,resnet50,osnet_x1_0,hacnn --height 160 --width 64 --batch 32
-    jlml-bench data --root reid-data --dataset cuhk01 --workers 0,1,2
+    jlml-bench data --root reid-data --dataset cuhk01_seeded --workers 0,1,2
     jlml-bench evaluator --queries 3368 --gallery 15913 --ids 751 --cams 6
     jlml-bench profile --model jlml --height 160 --width 64 --batch 32
 
@@ -246,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument('--output', default='', help='JSON file')
     dp = sub.add_parser('data', help="torchreid's train loader images/s")
     dp.add_argument('--root', required=True)
-    dp.add_argument('--dataset', default='cuhk01')
+    dp.add_argument('--dataset', default='cuhk01_seeded')
     dp.add_argument('--height', type=int, default=160)
     dp.add_argument('--width', type=int, default=64)
     dp.add_argument('--batch', type=int, default=32)

@@ -40,7 +40,7 @@ from .runner import train, validate
 __all__ = ['Run', 'load_leaderboard', 'plan_runs', 'run_leaderboard', 'main']
 
 _TOP_KEYS = {'name', 'title', 'output', 'root', 'splits', 'protocol', 'models', 'ablations'}
-_SPLIT_COUNTS = {'cuhk01': CUHK01_SPLITS, 'cuhk01_val': CUHK01_SPLITS}
+_SPLIT_COUNTS = {'cuhk01_seeded': CUHK01_SPLITS, 'cuhk01_val': CUHK01_SPLITS}
 
 
 @dataclass

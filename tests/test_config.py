@@ -67,7 +67,7 @@ def test_every_shipped_config_loads_and_validates(path):
     cfg = load_config(path)
     validate(cfg, check_data=False)
     if 'ablations' in path:
-        assert cfg.data.sources == ['cuhk01'] and cfg.train.max_epoch == 30
+        assert cfg.data.sources == ['cuhk01_seeded'] and cfg.train.max_epoch == 30
 
 
 def test_base_files_chain_and_override(tmp_path):

@@ -110,7 +110,7 @@ def test_split_structure_and_directions():
 
 
 def test_cuhk01_through_torchreid(fake_campus):
-    dataset = torchreid.data.datasets.init_image_dataset('cuhk01', root=fake_campus, split_id=3,
+    dataset = torchreid.data.datasets.init_image_dataset('cuhk01_seeded', root=fake_campus, split_id=3,
                                                          mode='query', verbose=False)
     _, test_ids = cuhk01.partition(1)
     assert {p + 1 for _, p, *_ in dataset.query} == set(test_ids)
@@ -132,10 +132,10 @@ def test_validation_split_holds_out_training_identities_only():
 
 def test_cuhk01_split_id_out_of_range(fake_campus):
     with pytest.raises(ConfigError, match=r'split_id 20 is out of range: use 0-19'):
-        torchreid.data.datasets.init_image_dataset('cuhk01', root=fake_campus, split_id=20)
+        torchreid.data.datasets.init_image_dataset('cuhk01_seeded', root=fake_campus, split_id=20)
 
 
 def test_cuhk01_missing_images_say_where_and_what_layout(tmp_path):
     with pytest.raises(DataError, match=r'expected 3884 images in .*campus, found 0; torchreid '
                                         r'expects <root>/cuhk01/campus/NNNNIII.png'):
-        torchreid.data.datasets.init_image_dataset('cuhk01', root=str(tmp_path))
+        torchreid.data.datasets.init_image_dataset('cuhk01_seeded', root=str(tmp_path))

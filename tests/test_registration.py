@@ -9,14 +9,29 @@ import pytest
 import jlml_plugin
 from jlml_plugin import MODELS, _torchreid, torchreid
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 def test_import_registers_every_model_and_dataset():
     factory = _torchreid.model_factory()
     for name, builder in MODELS.items():
         assert factory[name] is builder
     datasets = _torchreid.image_dataset_factory()
-    assert {'synthreid', 'synthreid_tiny', 'cuhk01'} <= set(datasets)
-    assert datasets['cuhk01'].__module__ == 'jlml_plugin.data.cuhk01'
+    assert {'synthreid', 'synthreid_tiny', 'cuhk01_seeded', 'cuhk01_val'} <= set(datasets)
+    assert datasets['cuhk01_seeded'].__module__ == 'jlml_plugin.data.cuhk01'
+
+
+def test_torchreids_own_names_keep_their_meaning():
+    assert _torchreid.image_dataset_factory()['cuhk01'].__module__.startswith('torchreid.')
+    with pytest.raises(ValueError, match="already has a dataset named 'cuhk01'"):
+        _torchreid.register_image_dataset('cuhk01', jlml_plugin.data.CUHK01)
+
+
+def test_no_torchreid_entry_point_is_declared():
+    # Neither torchreid layout reads entry points: declaring one would promise discovery.
+    assert 'entry-points' not in open(os.path.join(ROOT, 'pyproject.toml')).read()
+    groups = importlib.metadata.entry_points(group='torchreid.models')
+    assert not [e for e in groups if 'jlml' in e.value]
 
 
 def test_registering_again_changes_nothing():
@@ -38,12 +53,6 @@ def test_show_avai_models_lists_the_jlml_models(capsys):
     out = capsys.readouterr().out
     for name in MODELS:
         assert f"'{name}'" in out
-
-
-def test_entry_point_group_is_declared():
-    eps = importlib.metadata.entry_points(group='torchreid.models')
-    (ep,) = [e for e in eps if e.name == 'jlml']
-    assert ep.load() is jlml_plugin.register
 
 
 def test_layout_is_detected():

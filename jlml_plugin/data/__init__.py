@@ -22,14 +22,16 @@ LAYOUTS = {
     'viper': 'viper/VIPeR/{cam_a,cam_b}/',
     'grid': 'grid/underground_reid/{probe,gallery,features_and_partitions.mat}',
 }
-LAYOUTS['cuhk01_val'] = LAYOUTS['cuhk01']  # the same images, split for validation
+LAYOUTS['cuhk01_seeded'] = LAYOUTS['cuhk01_val'] = LAYOUTS['cuhk01']  # the same images
 
 
 def register_datasets() -> None:
-    """Registers ``synthreid`` presets and the seeded ``cuhk01``; idempotent."""
+    """Registers the ``synthreid`` presets and CUHK01 with seeded splits under names of
+    its own (``cuhk01_seeded``, ``cuhk01_val``; torchreid's ``cuhk01`` keeps its meaning);
+    idempotent."""
     _torchreid.register_image_dataset('synthreid', SynthReID)
     _torchreid.register_image_dataset('synthreid_tiny', SynthReIDTiny)
-    _torchreid.register_image_dataset('cuhk01', CUHK01, replace=True)
+    _torchreid.register_image_dataset('cuhk01_seeded', CUHK01)
     _torchreid.register_image_dataset('cuhk01_val', CUHK01Validation)
 
 

@@ -1,9 +1,9 @@
-"""CUHK01 with seeded, fixed splits (replaces torchreid's ``cuhk01`` on import).
+"""CUHK01 with seeded, fixed splits: the datasets ``cuhk01_seeded`` and ``cuhk01_val``.
 
 torchreid's own CUHK01 draws its 10 partitions with an unseeded numpy shuffle and writes
 them, with absolute paths, into ``splits.json`` inside the dataset folder: two machines
 get different people for the same split id. Here the partitions are a pure function of
-a seed and the split needs no file at all:
+a seed and the split needs no file at all (torchreid's own ``cuhk01`` is left as it is):
 
 * partition ``p`` (0-9) shuffles the 971 identities with a Fisher-Yates shuffle driven by
   ``random.Random(SEED + p).random()`` (whose sequence Python guarantees across
@@ -60,7 +60,7 @@ def validation_partition(index: int) -> Tuple[List[int], List[int]]:
 
 def _check_split_id(split_id: int) -> None:
     if not 0 <= split_id < NUM_SPLITS:
-        raise ConfigError(f'cuhk01 split_id {split_id} is out of range: use 0-{NUM_SPLITS - 1} '
+        raise ConfigError(f'cuhk01_seeded split_id {split_id} is out of range: use 0-{NUM_SPLITS - 1} '
                           f'(partition = split_id // 2, direction = split_id % 2)')
 
 
@@ -103,7 +103,7 @@ class CUHK01(_torchreid.data.ImageDataset):
         names = (sorted(n for n in os.listdir(self.campus_dir) if n.endswith('.png'))
                  if os.path.isdir(self.campus_dir) else [])
         if len(names) != NUM_IDS * 4:
-            raise DataError(f'cuhk01: expected {NUM_IDS * 4} images in {self.campus_dir}, '
+            raise DataError(f'cuhk01_seeded: expected {NUM_IDS * 4} images in {self.campus_dir}, '
                             f'found {len(names)}; torchreid expects {LAYOUT}')
         split = make_split(split_id, names, self.validation)
         resolve = lambda items: [(os.path.join(self.campus_dir, n), p, c) for n, p, c in items]  # noqa: E731
