@@ -11,7 +11,7 @@ REFERENCE = _torchreid.reference_evaluators()
 
 
 @st.composite
-def problems(draw, unique_gallery_pids=False):
+def problems(draw, unique_gallery_pids=False, ties=False):
     num_q = draw(st.integers(1, 25))
     num_ids = draw(st.integers(1, 12))
     num_cams = draw(st.integers(1, 4))
@@ -23,11 +23,31 @@ def problems(draw, unique_gallery_pids=False):
         g_pids = np.array(draw(st.lists(st.integers(0, num_ids - 1), min_size=num_g, max_size=num_g)))
     ints = lambda n, hi: np.array(draw(st.lists(st.integers(0, hi), min_size=n, max_size=n)))  # noqa: E731
     q_pids, q_cams, g_cams = ints(num_q, num_ids - 1), ints(num_q, num_cams - 1), ints(num_g, num_cams - 1)
-    seed = draw(st.integers(0, 2 ** 32 - 1))
-    # tie-free: a random permutation of distinct values per row
-    distmat = np.random.default_rng(seed).permuted(
-        np.tile(np.arange(num_g, dtype=np.float32), (num_q, 1)), axis=1) / max(num_g, 1)
+    rng = np.random.default_rng(draw(st.integers(0, 2 ** 32 - 1)))
+    if ties:  # a handful of distinct values: most distances are tied with others
+        distmat = rng.integers(0, draw(st.integers(1, 4)), (num_q, num_g)).astype(np.float32)
+    else:  # tie-free: a random permutation of distinct values per row
+        distmat = rng.permuted(np.tile(np.arange(num_g, dtype=np.float32), (num_q, 1)),
+                               axis=1) / max(num_g, 1)
     return distmat, q_pids, g_pids, q_cams, g_cams
+
+
+def stable_reference(distmat, q_pids, g_pids, q_cams, g_cams, max_rank=50):
+    """The market1501 protocol, one query at a time, ties in gallery order: (cmc, mAP,
+    mINP), or None when no query has a valid match."""
+    cmcs, aps, inps = [], [], []
+    for q in range(len(q_pids)):
+        order = np.argsort(distmat[q], kind='stable')
+        kept = order[~((g_pids[order] == q_pids[q]) & (g_cams[order] == q_cams[q]))]
+        hits = np.flatnonzero(g_pids[kept] == q_pids[q]) + 1  # 1-based ranks
+        if len(hits) == 0:
+            continue
+        cmcs.append(np.arange(1, max_rank + 1) >= hits[0])
+        aps.append(np.mean(np.arange(1, len(hits) + 1) / hits))
+        inps.append(len(hits) / hits[-1])
+    if not cmcs:
+        return None
+    return np.mean(cmcs, axis=0), np.mean(aps), np.mean(inps)
 
 
 def _reference(kind, problem, max_rank=50):
@@ -42,32 +62,70 @@ def _reference(kind, problem, max_rank=50):
 
 
 def _check(problem, kind):
+    """Compares with torchreid's Python evaluator; returns whether a comparison was made
+    (torchreid crashes on small galleries, F3)."""
     ref = _reference(kind, problem)
     if ref is None:
-        return
+        return False
     if ref == 'no valid query':
         with pytest.raises(ValueError, match='no query identity appears in the gallery'):
             evaluate_rank(*problem, use_metric_cuhk03=kind == 'cuhk03')
-        return
+        return True
     ref_cmc, ref_map = ref
     ours = evaluate_rank(*problem, use_metric_cuhk03=kind == 'cuhk03')
     n = len(ref_cmc)
     np.testing.assert_allclose(ours.cmc[:n], ref_cmc, rtol=0, atol=1e-6)
     assert ours.mAP == pytest.approx(float(ref_map), abs=1e-6)
     assert len(ours.cmc) == 50
+    return True
 
 
-@settings(max_examples=300, deadline=None)
-@given(problems())
-def test_equals_torchreid_market1501(problem):
-    _check(problem, 'market1501')
+def _run_counted(strategy, check, examples):
+    outcomes = []
+
+    @settings(max_examples=examples, deadline=None, database=None, derandomize=True)
+    @given(strategy)
+    def run(problem):
+        outcomes.append(check(problem))
+
+    run()
+    return outcomes
 
 
-@settings(max_examples=200, deadline=None)
-@given(problems(unique_gallery_pids=True))
-def test_equals_torchreid_cuhk03_where_its_draws_are_determined(problem):
+def test_equals_torchreid_market1501():
+    outcomes = _run_counted(problems(), lambda p: _check(p, 'market1501'), 300)
+    # torchreid crashes on about half of these small problems; those are compared with the
+    # stable reference below instead. A third compared (seen: 49%) is the floor.
+    assert sum(outcomes) >= len(outcomes) / 3, f'{sum(outcomes)} of {len(outcomes)} compared'
+
+
+def test_equals_torchreid_cuhk03_where_its_draws_are_determined():
     # With one gallery image per identity, torchreid's random single-shot draws have one outcome.
-    _check(problem, 'cuhk03')
+    outcomes = _run_counted(problems(unique_gallery_pids=True), lambda p: _check(p, 'cuhk03'),
+                            200)
+    assert sum(outcomes) >= len(outcomes) / 3, f'{sum(outcomes)} of {len(outcomes)} compared'
+
+
+def _check_stable(problem):
+    ref = stable_reference(*problem)
+    if ref is None:
+        with pytest.raises(ValueError, match='no query identity appears in the gallery'):
+            evaluate_rank(*problem)
+        return False
+    ours = evaluate_rank(*problem)
+    np.testing.assert_allclose(ours.cmc, ref[0], rtol=0, atol=1e-6)
+    assert ours.mAP == pytest.approx(ref[1], abs=1e-9)
+    assert ours.mINP == pytest.approx(ref[2], abs=1e-9)
+    return True
+
+
+@pytest.mark.parametrize('ties', [True, False])
+def test_equals_a_stable_argsort_reference_on_every_problem(ties):
+    """Every case is compared, ties included (the evaluator breaks ties in gallery order,
+    as a stable sort does); only problems without any valid query are not."""
+    outcomes = _run_counted(problems(ties=ties), _check_stable, 300)
+    # The rest have no valid query (seen: 27-31% of cases), which must then be an error.
+    assert sum(outcomes) >= 0.6 * len(outcomes), f'{sum(outcomes)} of {len(outcomes)} compared'
 
 
 def test_cuhk03_metric_averages_draws_and_is_reproducible():
