@@ -110,12 +110,54 @@ def test_batched_stripes_equal_the_per_stripe_reference(stripes, height):
     torch.testing.assert_close(stacked, torch.cat(per_stripe, 1), rtol=1e-4, atol=1e-4)
 
 
-def test_stripe_streams_have_independent_weights():
+def test_each_stripe_stream_sees_only_its_own_stripe():
+    """Activations: changing stripe s of the shared map changes stream s's output only.
+    Gradients: stream s's output reaches only stream s's block of every grouped weight."""
+    torch.manual_seed(0)
+    model = MODELS['jlml'](5, **SMALL)
+    _randomise_bn(model)  # the residual paths open (their last BN starts at 0)
+    model.eval()
+    branch = model.local_branch
+    x = model.shared(torch.randn(2, 3, 160, 64)).detach()
+    m, rows = branch.num_stripes, x.shape[2] // branch.num_stripes
+    with torch.no_grad():
+        base = branch.tower(branch.stack_stripes(x)).chunk(m, dim=1)
+        for s in range(m):
+            changed = x.clone()
+            changed[:, :, s * rows:(s + 1) * rows] += 1
+            out = branch.tower(branch.stack_stripes(changed)).chunk(m, dim=1)
+            for t in range(m):
+                assert torch.equal(out[t], base[t]) != (t == s), (s, t)
+    model.train()
+    for s in range(m):
+        model.zero_grad()
+        branch.tower(branch.stack_stripes(x)).chunk(m, dim=1)[s].sum().backward()
+        reached = 0
+        for name, p in branch.tower.named_parameters():  # stream t owns output block t
+            blocks = p.grad.chunk(m, dim=0)
+            assert all(b.abs().sum() == 0 for t, b in enumerate(blocks) if t != s), (s, name)
+            reached += bool(blocks[s].abs().sum() > 0)
+        assert reached > 10, (s, reached)
+
+
+def test_batched_stripes_equal_the_reference_in_training_mode():
+    """With BatchNorm on batch statistics, per stream (the eval-mode test above compares
+    running statistics only)."""
+    torch.manual_seed(0)
     model = MODELS['jlml'](5)
-    ref = LoopedLocalBranch(model.local_branch)
-    w0 = ref.streams[0][0][0].conv1.weight
-    w1 = ref.streams[1][0][0].conv1.weight
-    assert w0.shape == w1.shape and not torch.equal(w0, w1)
+    _randomise_bn(model)
+    model.train()
+    x = model.shared(torch.randn(6, 3, 160, 64)).detach()
+    branch = model.local_branch
+    reference = LoopedLocalBranch(branch).train()
+    torch.testing.assert_close(branch(x), reference(x), rtol=1e-4, atol=1e-4)
+    # The running statistics are updated the same way, stream by stream.
+    for s, stream in enumerate(reference.streams):
+        grouped = branch.tower[0][0].bn1
+        own = stream[0][0].bn1
+        width = own.num_features
+        torch.testing.assert_close(grouped.running_mean[s * width:(s + 1) * width],
+                                   own.running_mean, rtol=1e-4, atol=1e-5)
 
 
 def test_height_the_stripes_cannot_split_is_a_clear_error():
