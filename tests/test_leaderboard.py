@@ -8,6 +8,7 @@ import yaml
 
 from jlml_plugin import leaderboard
 from jlml_plugin._files import exclusive_lock
+from jlml_plugin.config import flat_keys, flatten
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYNTHETIC = os.path.join(ROOT, 'configs', 'leaderboard', 'synthetic.yaml')
@@ -49,12 +50,31 @@ def test_synthetic_board_writes_every_report(board):
     assert [row['label'] for row in summary] == ['jlml', 'osnet_x0_25', 'jlml_global', 'jlml_lambda0']
 
 
+PER_RUN_KEYS = {'model.name', 'data.split_id', 'data.save_dir'}
+
+
 def test_every_model_gets_the_same_protocol(board):
+    """Every run's resolved config equals every other's, but for the model, the split,
+    the output folder and the jlml.* keys an entry may override."""
+    spec = leaderboard.load_leaderboard(SYNTHETIC)
+    runs = leaderboard.plan_runs(spec)
+    configs = {run.key: flat_keys(leaderboard._run_config(spec, run, 'ROOT', board))
+               for run in runs}
+    first = configs[runs[0].key]
+    for key, cfg in configs.items():
+        differ = {k for k in cfg if cfg[k] != first[k]}
+        assert differ <= PER_RUN_KEYS | {k for k in cfg if k.startswith('jlml.')}, (key, differ)
+    assert len({repr(sorted(c.items())) for c in configs.values()}) == len(runs)
+    protocol = flatten(spec['protocol'])
+    for cfg in configs.values():
+        assert all(cfg[k] == v or list(cfg[k]) == v for k, v in protocol.items())
+    # and the runs trained that way: the same epochs, input and sparsity where not overridden
     logs = {label: open(os.path.join(board, 'runs', label, 'split0', 'train.log')).read()
             for label in ('jlml', 'osnet_x0_25', 'jlml_lambda0')}
     assert 'reg_global' in logs['jlml'] and 'reg_global' not in logs['jlml_lambda0']
-    for text in logs.values():
-        assert 'epoch 1/1:' in text
+    records = [json.loads(line) for line in open(os.path.join(board, 'results.jsonl'))]
+    assert {(r['epochs'], r['input']) for r in records} == {(spec['protocol']['train']['max_epoch'],
+                                                            '64x32')}
 
 
 def test_finished_runs_are_skipped(board, data_root, capsys):
