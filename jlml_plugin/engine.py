@@ -40,9 +40,12 @@ from .metrics import RankResult, evaluate_rank
 from .progress import Progress
 from .regularizers import SparsityHook
 
-__all__ = ['JLMLEngine', 'JLMLTripletEngine', 'AMP_MODES']
+__all__ = ['JLMLEngine', 'JLMLTripletEngine', 'AMP_MODES', 'MAX_SKIPPED_STEPS']
 
 AMP_MODES = {'off': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+#: With fp16, this many non-finite losses in a row (each step skipped by GradScaler) stop
+#: training; one alone is the scaler's routine overflow.
+MAX_SKIPPED_STEPS = 20
 
 _tr = _torchreid
 
@@ -83,8 +86,8 @@ class JLMLEngine(_tr.engine.ImageSoftmaxEngine):
         self.loss_weights = dict(loss_weights or {})
         self.regularizer = regularizer
         self.amp_dtype = AMP_MODES[amp]
-        self.scaler = (torch.amp.GradScaler(self.device.type)
-                       if amp == 'fp16' and self.device.type == 'cuda' else None)
+        self.scaler = torch.amp.GradScaler(self.device.type) if amp == 'fp16' else None
+        self.nonfinite_steps = 0
         self.channels_last = channels_last
         self.checkpoint_freq = checkpoint_freq
         self.keep_checkpoints = keep_checkpoints
@@ -140,11 +143,17 @@ class JLMLEngine(_tr.engine.ImageSoftmaxEngine):
                 reg_total, reg_values = self.regularizer()
             value += reg_total.item()
             summary.update({name: v.item() for name, v in reg_values.items()})
-        if not math.isfinite(value):
+        finite = math.isfinite(value)
+        # fp16: GradScaler skips a step whose gradients overflow and lowers its scale, so a
+        # non-finite loss there is routine; only a run of them means training diverged.
+        self.nonfinite_steps = 0 if finite else self.nonfinite_steps + 1
+        if not finite and (self.scaler is None or self.nonfinite_steps >= MAX_SKIPPED_STEPS):
+            run = (f'{self.nonfinite_steps} steps in a row up to ' if self.scaler is not None
+                   else '')
             raise NonFiniteLossError(
-                f'the loss became {value} at epoch {self.epoch + 1}, step {self.batch_idx + 1}; '
-                f'training stopped and the last good checkpoint is kept (try a lower train.lr'
-                f'{" or train.amp off" if self.amp_dtype is not None else ""})')
+                f'the loss became {value} at {run}epoch {self.epoch + 1}, step '
+                f'{self.batch_idx + 1}; training stopped and the last good checkpoint is kept '
+                f'(try a lower train.lr{" or train.amp off" if self.amp_dtype is not None else ""})')
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
@@ -153,7 +162,7 @@ class JLMLEngine(_tr.engine.ImageSoftmaxEngine):
         else:
             loss.backward()
             self.optimizer.step()
-        if self.regularizer:
+        if self.regularizer and finite:  # no step was taken on a skipped one
             self.regularizer.proximal_step(self.optimizer)
         summary['loss'] = value
         return summary
@@ -277,10 +286,11 @@ class JLMLEngine(_tr.engine.ImageSoftmaxEngine):
         barrier()
 
     def extract_features(self, input: torch.Tensor) -> torch.Tensor:
+        """Test features in fp32, whatever ``amp`` trains with: reported metrics must not
+        depend on the training precision."""
         if self.channels_last:
             input = input.contiguous(memory_format=torch.channels_last)
-        with self._autocast():
-            return self.net(input).float()
+        return self.net(input).float()
 
     def _features(self, loader, what: str):
         feats, pids, camids = [], [], []

@@ -1,12 +1,13 @@
 """JLMLEngine: the objective's terms, AMP, torchreid's F1/F2 fixed."""
 import os
 
+import numpy as np
 import pytest
 import torch
 
-from jlml_plugin import MODELS, SparsityHook, SparsityTerm, torchreid
-from jlml_plugin.engine import JLMLEngine
-from jlml_plugin.errors import ConfigError
+from jlml_plugin import MODELS, SparsityHook, SparsityTerm, evaluate_rank, torchreid
+from jlml_plugin.engine import MAX_SKIPPED_STEPS, JLMLEngine
+from jlml_plugin.errors import ConfigError, NonFiniteLossError
 
 SMALL = dict(stem_width=8, global_widths=(4, 8, 8, 16), local_widths=(4, 4, 8, 8))
 
@@ -18,10 +19,10 @@ def datamanager(data_root):
                                            workers=0, use_gpu=False)
 
 
-def _engine(datamanager, scheduler=True, **kwargs):
+def _engine(datamanager, scheduler=True, lr=0.0, **kwargs):
     torch.manual_seed(0)
     model = MODELS['jlml'](datamanager.num_train_pids, **SMALL)
-    optimizer = torchreid.optim.build_optimizer(model, optim='sgd', lr=0.0)
+    optimizer = torchreid.optim.build_optimizer(model, optim='sgd', lr=lr)
     sched = torchreid.optim.build_lr_scheduler(optimizer) if scheduler else None
     hook = SparsityHook(model, [SparsityTerm('reg_global', 'global_branch.embed.fc.weight',
                                              'group_lasso', 0.01),
@@ -59,11 +60,59 @@ def test_ce_is_torchreids_label_smoothing_loss(datamanager):
     assert s['loss_global'] == pytest.approx(ce(yg, batch['pid']).item(), rel=1e-5)
 
 
-def test_bf16_autocast_runs_with_finite_losses(datamanager):
-    engine = _engine(datamanager, amp='bf16')
+def test_bf16_autocast_computes_the_same_losses_in_lower_precision(datamanager):
+    batch = next(iter(datamanager.train_loader))
+    steps = {}
+    for amp in ('off', 'bf16'):
+        engine = _engine(datamanager, amp=amp)
+        engine.epoch = engine.batch_idx = 0
+        torch.manual_seed(1)  # the same dropout masks
+        steps[amp] = engine.forward_backward(batch)
+    assert engine.scaler is None  # a GradScaler only for fp16
+    for key in ('loss_global', 'loss_local'):
+        assert steps['bf16'][key] == pytest.approx(steps['off'][key], rel=2e-2)
+        assert steps['bf16'][key] != steps['off'][key]  # autocast did run in bf16
+
+
+def _weights(engine):
+    return engine.model.global_branch.embed.fc.weight.detach().clone()
+
+
+def test_fp16_steps_go_through_the_grad_scaler(datamanager):
+    engine = _engine(datamanager, amp='fp16', lr=0.1)
+    assert isinstance(engine.scaler, torch.amp.GradScaler)
+    before, scale = _weights(engine), engine.scaler.get_scale()
     s = _step(engine)
     assert all(torch.isfinite(torch.tensor(v)) for v in s.values())
-    assert engine.scaler is None  # a GradScaler only for fp16 on GPU
+    assert not torch.equal(_weights(engine), before)  # an unscaled, finite step was taken
+    assert engine.scaler.get_scale() == scale  # no overflow, so no back-off
+
+
+def test_fp16_overflow_skips_the_step_and_only_a_run_of_them_stops(datamanager, monkeypatch):
+    engine = _engine(datamanager, amp='fp16', lr=0.1)
+    clean = engine.compute_losses
+    monkeypatch.setattr(engine, 'compute_losses',
+                        lambda out, pids: (lambda l, s: (l * float('inf'), s))(*clean(out, pids)))
+    before, scale = _weights(engine), engine.scaler.get_scale()
+    _step(engine)  # no error: GradScaler skips it and backs off
+    assert torch.equal(_weights(engine), before) and engine.scaler.get_scale() < scale
+    for _ in range(MAX_SKIPPED_STEPS - 2):
+        _step(engine)
+    with pytest.raises(NonFiniteLossError, match=f'{MAX_SKIPPED_STEPS} steps in a row'):
+        _step(engine)
+    monkeypatch.setattr(engine, 'compute_losses', clean)
+    engine.nonfinite_steps = MAX_SKIPPED_STEPS - 1
+    _step(engine)  # a finite step resets the count
+    assert engine.nonfinite_steps == 0
+
+
+def test_a_non_finite_loss_without_a_scaler_stops_at_once(datamanager, monkeypatch):
+    engine = _engine(datamanager, amp='bf16')
+    clean = engine.compute_losses
+    monkeypatch.setattr(engine, 'compute_losses',
+                        lambda out, pids: (lambda l, s: (l * float('nan'), s))(*clean(out, pids)))
+    with pytest.raises(NonFiniteLossError, match='the loss became nan at epoch 1, step 1'):
+        _step(engine)
 
 
 def test_unknown_amp_mode_is_refused(datamanager):
@@ -80,9 +129,28 @@ def test_checkpoint_without_scheduler_has_a_float_rank1_and_loads_weights_only(d
     assert not any(n.startswith('.tmp-') for n in os.listdir(tmp_path / 'model'))
 
 
-def test_evaluation_records_the_full_result(datamanager, capsys):
-    engine = _engine(datamanager)
-    engine.run(test_only=True, ranks=[1, 5])
-    result = engine.results['synthreid_tiny']
-    assert len(result.cmc) == 50 and 0 <= result.mINP <= result.mAP <= 1
+def test_evaluation_is_the_evaluator_on_the_models_fp32_features(datamanager, capsys):
+    results = {}
+    for amp in ('off', 'bf16'):
+        engine = _engine(datamanager, amp=amp)
+        engine.run(test_only=True, ranks=[1, 5])
+        results[amp] = engine.results['synthreid_tiny']
     assert 'mINP' in capsys.readouterr().out
+    model = engine.model.eval()
+    loaders = datamanager.test_loader['synthreid_tiny']
+    with torch.no_grad():
+        feats = {k: (torch.cat([model(b['img']) for b in loaders[k]]),
+                     torch.cat([b['pid'] for b in loaders[k]]).numpy(),
+                     torch.cat([b['camid'] for b in loaders[k]]).numpy())
+                 for k in ('query', 'gallery')}
+    (qf, qp, qc), (gf, gp, gc) = feats['query'], feats['gallery']
+    distmat = torchreid.metrics.compute_distance_matrix(qf, gf, 'euclidean').numpy()
+    expected = evaluate_rank(distmat, qp, gp, qc, gc)
+    for result in results.values():  # the same whatever the training precision
+        np.testing.assert_array_equal(result.cmc, expected.cmc)
+        assert result.mAP == expected.mAP and result.mINP == expected.mINP
+    # The bf16 engine extracts exactly the fp32 features (rankings on 10 queries could
+    # hide a small difference).
+    imgs = next(iter(loaders['query']))['img']
+    with torch.no_grad():
+        torch.testing.assert_close(engine.extract_features(imgs), model(imgs), rtol=0, atol=0)
