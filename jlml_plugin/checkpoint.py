@@ -101,8 +101,9 @@ def model_state(checkpoint: Dict[str, Any]) -> Dict[str, torch.Tensor]:
 
 
 def resume(path: str, model: torch.nn.Module, optimizer=None, scheduler=None,
-           scaler=None) -> int:
-    """Restores weights, optimizer, scheduler, scaler and RNG states; returns the next epoch."""
+           scaler=None) -> Dict[str, Any]:
+    """Restores weights, optimizer, scheduler, scaler and RNG states; returns the
+    checkpoint (its ``epoch`` is the next epoch to run)."""
     checkpoint = load_checkpoint(path)
     state_dict = model_state(checkpoint)
     target = model.module if hasattr(model, 'module') else model
@@ -116,4 +117,4 @@ def resume(path: str, model: torch.nn.Module, optimizer=None, scheduler=None,
             obj.load_state_dict(checkpoint[name])
     if 'rng' in checkpoint:
         set_rng_state(checkpoint['rng'])
-    return int(checkpoint['epoch'])
+    return checkpoint

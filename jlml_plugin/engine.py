@@ -251,6 +251,13 @@ class JLMLEngine(_tr.engine.ImageSoftmaxEngine):
                   f'{datetime.timedelta(seconds=int(batch_time.sum))}')
         self.update_lr()
 
+    def restore_counters(self, checkpoint: Dict[str, Any]) -> None:
+        """After a resume: the last Rank-1 and the throughput so far, as saved."""
+        self.last_rank1 = float(checkpoint.get('rank1', 0.0))
+        counters = checkpoint.get('counters') or {}
+        self.train_images = int(counters.get('train_images', 0))
+        self.train_seconds = float(counters.get('train_seconds', 0.0))
+
     @property
     def train_images_per_second(self) -> float:
         return self.train_images / self.train_seconds if self.train_seconds else 0.0
@@ -259,7 +266,9 @@ class JLMLEngine(_tr.engine.ImageSoftmaxEngine):
 
     def save_model(self, epoch: int, rank1: float, save_dir: str, is_best: bool = False) -> None:
         """torchreid's checkpoint, written atomically by rank 0 only, with a float rank1
-        (F1), an optional scheduler (F2) and the state needed to resume exactly."""
+        (F1), the state needed to resume exactly, and the throughput counters. Without a
+        scheduler the key is left out, as torchreid's ``resume_from_checkpoint`` loads
+        one whenever the key is there and it is given a scheduler (F2)."""
         if not self.main:
             return
         for name in self.get_model_names():
@@ -269,11 +278,14 @@ class JLMLEngine(_tr.engine.ImageSoftmaxEngine):
                 'epoch': epoch + 1,
                 'rank1': float(rank1),
                 'optimizer': self._optims[name].state_dict(),
-                'scheduler': sched.state_dict() if sched is not None else None,
                 'scaler': self.scaler.state_dict() if self.scaler is not None else None,
                 'rng': rng_state(),
                 'meta': self.meta,
+                'counters': dict(train_images=self.train_images,
+                                 train_seconds=self.train_seconds),
             }
+            if sched is not None:
+                state['scheduler'] = sched.state_dict()
             path = save_checkpoint(state, os.path.join(save_dir, name), self.keep_checkpoints)
             print(f'Checkpoint saved to "{path}"')
 

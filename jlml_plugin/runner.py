@@ -158,6 +158,17 @@ class RunResult:
     extra: Dict[str, Any] = field(default_factory=dict)
 
 
+def use_deterministic_kernels() -> None:
+    """Deterministic kernels, in a way that also runs on CUDA: cuBLAS needs a fixed
+    workspace (set before CUDA starts), cuDNN must not pick kernels by timing, and the
+    few ops without a deterministic CUDA kernel (the backward of adaptive average
+    pooling) warn instead of raising. On the CPU every op JLML uses is deterministic."""
+    os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
 def _resume_path(cfg: CN, resume_latest: bool) -> Optional[str]:
     if cfg.model.resume:
         return cfg.model.resume
@@ -175,7 +186,7 @@ def train(cfg: CN, resume_latest: bool = False, dist_info: Optional[DistInfo] = 
     main = dist_info is None or dist_info.is_main
     _tr.utils.set_random_seed(cfg.train.seed)
     if cfg.train.deterministic:
-        torch.use_deterministic_algorithms(True)
+        use_deterministic_kernels()
 
     # Rank 0 prepares data (synthreid draws its images on first use) before the others read it.
     if main:
@@ -250,8 +261,9 @@ def train(cfg: CN, resume_latest: bool = False, dist_info: Optional[DistInfo] = 
     run_kwargs = engine_run_kwargs(cfg)
     path = _resume_path(cfg, resume_latest)
     if path:
-        run_kwargs['start_epoch'] = resume_checkpoint(path, model, optimizer, scheduler,
-                                                      engine.scaler)
+        checkpoint = resume_checkpoint(path, model, optimizer, scheduler, engine.scaler)
+        run_kwargs['start_epoch'] = int(checkpoint['epoch'])
+        engine.restore_counters(checkpoint)
         if main:
             print(f'Resumed from {path}: continuing at epoch {run_kwargs["start_epoch"] + 1}')
     results = engine.run(**run_kwargs)

@@ -124,9 +124,26 @@ def test_checkpoint_without_scheduler_has_a_float_rank1_and_loads_weights_only(d
                                                                              tmp_path):
     engine = _engine(datamanager, scheduler=False)  # torchreid's save_model fails here (F2)
     engine.save_model(0, torch.tensor(0.25).numpy(), str(tmp_path))
-    state = torch.load(tmp_path / 'model' / 'model.pth.tar-1', weights_only=True)  # F1
-    assert type(state['rank1']) is float and state['scheduler'] is None
+    path = tmp_path / 'model' / 'model.pth.tar-1'
+    state = torch.load(path, weights_only=True)  # F1
+    assert type(state['rank1']) is float and 'scheduler' not in state
     assert not any(n.startswith('.tmp-') for n in os.listdir(tmp_path / 'model'))
+    # torchreid's own resume accepts it, also when it is handed a scheduler
+    other = _engine(datamanager)
+    start = torchreid.utils.resume_from_checkpoint(str(path), other.model, other.optimizer,
+                                                   other.scheduler)
+    assert start == 1
+
+
+def test_counters_survive_a_checkpoint(datamanager, tmp_path):
+    engine = _engine(datamanager)
+    engine.train_images, engine.train_seconds = 640, 12.5
+    engine.save_model(3, 0.4, str(tmp_path))
+    resumed = _engine(datamanager)
+    resumed.restore_counters(torch.load(tmp_path / 'model' / 'model.pth.tar-4',
+                                        weights_only=True))
+    assert (resumed.last_rank1, resumed.train_images, resumed.train_seconds) == (0.4, 640, 12.5)
+    assert resumed.train_images_per_second == engine.train_images_per_second
 
 
 def test_evaluation_is_the_evaluator_on_the_models_fp32_features(datamanager, capsys):

@@ -79,6 +79,8 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tiny_opts, tm
 
     a, b = _final_state(str(tmp_path / 'straight')), _final_state(str(tmp_path / 'resumed'))
     assert a['epoch'] == b['epoch'] == 3
+    # The throughput counters carry over: 3 epochs of images, not the last one only.
+    assert b['counters']['train_images'] == a['counters']['train_images'] > 0
     for key in a['state_dict']:
         assert torch.equal(a['state_dict'][key], b['state_dict'][key]), key
 
@@ -220,3 +222,16 @@ def test_module_entry_point_help():
     out = subprocess.run([sys.executable, '-m', 'jlml_plugin.train', '--help'],
                          capture_output=True, text=True, check=True).stdout
     assert '--config-file' in out and 'KEY VALUE' in out
+
+
+def test_deterministic_mode_is_one_that_runs_on_cuda():
+    # In a child process: the switch is process-wide.
+    code = ('import os, torch; from jlml_plugin.runner import use_deterministic_kernels as u; '
+            'os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None); u(); '
+            'print(os.environ["CUBLAS_WORKSPACE_CONFIG"], torch.are_deterministic_algorithms_enabled(), '
+            'torch.is_deterministic_algorithms_warn_only_enabled(), '
+            'torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)')
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
+    # cuBLAS's fixed workspace, and a warning, not an error, for adaptive average pooling's
+    # backward, which has no deterministic CUDA kernel.
+    assert out.stdout.split() == [':4096:8', 'True', 'True', 'True', 'False']
