@@ -74,6 +74,7 @@ def _torchrun(nproc, *args, timeout=300):
     return proc.stdout
 
 
+@pytest.mark.slow  # starts torchrun process groups
 @pytest.mark.parametrize('sampler', ['RandomIdentitySampler', 'RandomSampler'])
 def test_two_ranks_cover_the_epoch_without_sharing_samples(data_root, tmp_path, sampler):
     out = str(tmp_path / 'indices.json')
@@ -86,6 +87,7 @@ def test_two_ranks_cover_the_epoch_without_sharing_samples(data_root, tmp_path, 
         set(range(result['num_pids']))
 
 
+@pytest.mark.slow  # starts torchrun process groups
 def test_two_process_steps_equal_one_process_steps(data_root, tmp_path):
     one, two = str(tmp_path / 'one.pt'), str(tmp_path / 'two.pt')
     worker = os.path.join(HERE, 'ddp_worker.py')
@@ -100,6 +102,7 @@ def test_two_process_steps_equal_one_process_steps(data_root, tmp_path):
     assert 'classifier_g.weight' in moved and 'shared.conv1.weight' in moved
 
 
+@pytest.mark.slow  # starts torchrun process groups
 def test_torchrun_training_cli(data_root, tmp_path):
     save_dir = tmp_path / 'log'
     out = _torchrun(2, '-m', 'jlml_plugin.train', '--root', data_root, '-s', 'synthreid_tiny',

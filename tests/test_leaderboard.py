@@ -10,6 +10,8 @@ from jlml_plugin import leaderboard
 from jlml_plugin._files import exclusive_lock
 from jlml_plugin.config import flat_keys, flatten
 
+pytestmark = pytest.mark.slow  # trains a 6-run synthetic board
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYNTHETIC = os.path.join(ROOT, 'configs', 'leaderboard', 'synthetic.yaml')
 

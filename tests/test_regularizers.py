@@ -212,6 +212,7 @@ def _trained_selection(tiny_opts, tmp_path, scale):
     return selection_summary(checkpoint['state_dict'], checkpoint_terms(checkpoint))
 
 
+@pytest.mark.slow
 def test_a_large_lambda_switches_units_off_and_lambda_zero_does_not(tiny_opts, tmp_path):
     # 300x the default lambda, 18 steps: (torch 2.14, CPU) all 64 global columns and 4.1% of
     # the local entries are exactly 0; the test asks for half and 2%.

@@ -51,6 +51,7 @@ def test_sources_and_targets_do_not_swallow_overrides(data_root, tmp_path, capsy
     assert _final_state(str(tmp_path))['meta']['model_name'] == 'jlml_global'
 
 
+@pytest.mark.slow
 def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tiny_opts, tmp_path, capsys,
                                                                  monkeypatch):
     def opts(save_dir):
