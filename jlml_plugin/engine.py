@@ -98,6 +98,8 @@ class JLMLEngine(_tr.engine.ImageSoftmaxEngine):
         self.last_rank1 = 0.0
         self.train_images = 0
         self.train_seconds = 0.0
+        #: The last trained epoch's mean losses and accuracies (``acc_*`` in %).
+        self.last_epoch_summary: Dict[str, float] = {}
 
     # -------------------------------------------------------------------------- losses
 
@@ -244,6 +246,7 @@ class JLMLEngine(_tr.engine.ImageSoftmaxEngine):
             end = time.time()
         bar.close()
         self.train_seconds += batch_time.sum
+        self.last_epoch_summary = {name: meter.avg for name, meter in losses.meters.items()}
         if self.main:
             rate = self.num_batches * self.train_loader.batch_size * get_world_size() / batch_time.sum
             print(f'epoch {self.epoch + 1}/{self.max_epoch}: {_short(losses)} lr '

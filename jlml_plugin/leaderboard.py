@@ -249,6 +249,7 @@ def _train_and_evaluate(cfg, run: Run, fingerprint: str, env: Dict[str, Any]) ->
                 input=f'{cfg.data.height}x{cfg.data.width}', epochs=cfg.train.max_epoch,
                 train_images_per_s=result.train_images_per_second,
                 train_seconds=result.train_seconds, wall_seconds=result.wall_seconds,
+                train_summary=result.extra['train_summary'],
                 finished_at=time.strftime('%Y-%m-%dT%H:%M:%S'), env=env)
 
 

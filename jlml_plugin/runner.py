@@ -269,4 +269,5 @@ def train(cfg: CN, resume_latest: bool = False, dist_info: Optional[DistInfo] = 
     results = engine.run(**run_kwargs)
     return RunResult(results=results, train_images_per_second=engine.train_images_per_second,
                      train_seconds=engine.train_seconds, wall_seconds=time.time() - wall_start,
-                     num_params=num_params, flops=flops, save_dir=cfg.data.save_dir)
+                     num_params=num_params, flops=flops, save_dir=cfg.data.save_dir,
+                     extra=dict(train_summary=engine.last_epoch_summary))

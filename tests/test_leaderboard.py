@@ -42,6 +42,8 @@ def test_synthetic_board_writes_every_report(board):
         assert 0 <= r['rank1'] <= r['rank5'] <= 1 and len(r['cmc']) == 50
         assert r['params'] > 0 and r['gflops'] > 0 and r['input'] == '64x32'
         assert r['train_images_per_s'] > 0 and r['env']['torch']
+        accuracies = [v for k, v in r['train_summary'].items() if k.startswith('acc')]
+        assert accuracies and all(0 <= a <= 100 for a in accuracies), r['train_summary']
     table = open(os.path.join(board, 'leaderboard.md')).read()
     assert '| jlml | 12.1 |' in table and '± ' in table and '### ablation' in table
     jlml_split1 = next(r for r in records if r['label'] == 'jlml' and r['split_id'] == 1)
