@@ -8,6 +8,7 @@ so a baseline and JLML follow exactly the same path.
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -29,8 +30,9 @@ from .metrics import RankResult
 from .models import MODELS
 from .models.jlml import ARCH_KEYS
 from .regularizers import REGULARIZERS, SparsityHook, SparsityTerm
+from .report import atomic_write_text, environment
 
-__all__ = ['validate', 'build_model', 'build_regularizer', 'train', 'RunResult',
+__all__ = ['validate', 'build_model', 'build_regularizer', 'record_run', 'train', 'RunResult',
            'model_kwargs']
 
 _tr = _torchreid
@@ -158,6 +160,16 @@ class RunResult:
     extra: Dict[str, Any] = field(default_factory=dict)
 
 
+def record_run(cfg: CN) -> None:
+    """Writes what makes the run reproducible into ``save_dir``, as detectron2's
+    ``default_setup`` does: ``config.yaml``, the resolved config (``jlml-train
+    --config-file <it>`` runs it again), and ``environment.json`` (versions, device)."""
+    os.makedirs(cfg.data.save_dir, exist_ok=True)
+    atomic_write_text(os.path.join(cfg.data.save_dir, 'config.yaml'), cfg.dump())
+    atomic_write_text(os.path.join(cfg.data.save_dir, 'environment.json'),
+                      json.dumps(environment(), indent=1))
+
+
 def use_deterministic_kernels() -> None:
     """Deterministic kernels, in a way that also runs on CUDA: cuBLAS needs a fixed
     workspace (set before CUDA starts), cuDNN must not pick kernels by timing, and the
@@ -184,6 +196,8 @@ def train(cfg: CN, resume_latest: bool = False, dist_info: Optional[DistInfo] = 
     if distributed and dist_info is None:
         dist_info = init_from_env(cfg.dist.backend, cfg.use_gpu)
     main = dist_info is None or dist_info.is_main
+    if main:
+        record_run(cfg)
     _tr.utils.set_random_seed(cfg.train.seed)
     if cfg.train.deterministic:
         use_deterministic_kernels()

@@ -1,5 +1,6 @@
 """jlml-train end to end on the tiny synthetic set: training, resume, logs, bad input."""
 import glob
+import json
 import os
 import subprocess
 import sys
@@ -8,6 +9,7 @@ import pytest
 import torch
 
 from jlml_plugin import train as train_cli
+from jlml_plugin.config import flat_keys, load_config
 from jlml_plugin.engine import JLMLEngine
 
 TB_TAGS = {'Train/loss', 'Train/loss_global', 'Train/loss_local', 'Train/acc_global',
@@ -38,6 +40,14 @@ def test_one_epoch_of_jlml_prints_metrics_and_writes_checkpoint_and_tensorboard(
     acc.Reload()
     assert TB_TAGS <= set(acc.Tags()['scalars'])
     assert glob.glob(str(tmp_path / 'log' / 'train.log-*'))
+    # The run records itself: a resolved config that reloads to the same config.
+    saved = str(tmp_path / 'log' / 'config.yaml')
+    cfg = load_config(saved)
+    assert cfg.model.name == 'jlml' and cfg.train.max_epoch == 1
+    default = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           'configs', train_cli.DEFAULT_CONFIG)
+    assert flat_keys(cfg) == flat_keys(load_config(default, ['model.name', 'jlml', *tiny_opts]))
+    assert json.load(open(tmp_path / 'log' / 'environment.json'))['torch'] == torch.__version__
 
 
 def test_sources_and_targets_do_not_swallow_overrides(data_root, tmp_path, capsys):
