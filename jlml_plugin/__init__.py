@@ -29,13 +29,12 @@ __version__ = '0.1.0'
 
 
 def register() -> None:
-    """Registers every JLML model and dataset with torchreid and installs the fixes.
+    """Registers the datasets with torchreid and installs the fixes (the models register
+    themselves, through ``@register_variant``, when ``jlml_plugin.models`` is imported).
 
     Runs on import; calling it again changes nothing. torchreid discovers no plugins,
     so ``import jlml_plugin`` is what registers them (no entry point is declared).
     """
-    for name, builder in MODELS.items():
-        register_model(name, builder)
     register_datasets()
     _torchreid.install_fixes()
     _torchreid.install_evaluator(evaluate_torchreid)

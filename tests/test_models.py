@@ -6,20 +6,19 @@ import warnings
 import pytest
 import torch
 
-from jlml_plugin import JLML, MODELS, torchreid
+from jlml_plugin import JLML, MODELS, default_cfgs, torchreid
 from jlml_plugin.models.reference import LoopedLocalBranch
 
 jlml_module = importlib.import_module('jlml_plugin.models.jlml')  # the function jlml shadows it
 
 SMALL = dict(stem_width=8, global_widths=(4, 8, 8, 16), local_widths=(4, 4, 8, 8))
-FEATURE_DIMS = {'jlml': 1024, 'jlml_global': 512, 'jlml_local': 512, 'jlml_single_loss': 1024,
-                'jlml_independent': 1024, 'jlml_resnet50': 1024}
-TWO_HEADS = {'jlml', 'jlml_independent', 'jlml_resnet50'}
+# What each variant promises, from the registry's metadata (no list kept here).
+FEATURE_DIMS = {name: cfg['feature_dim'] for name, cfg in default_cfgs.items()}
+TWO_HEADS = {name for name, cfg in default_cfgs.items() if cfg['classifiers'] == 2}
 
 
 def _input(name, batch=4):
-    size = (96, 48) if name == 'jlml_resnet50' else (160, 64)
-    return torch.randn(batch, 3, *size)
+    return torch.randn(batch, *default_cfgs[name]['input_size'])
 
 
 @pytest.mark.parametrize('name', sorted(MODELS))
@@ -27,6 +26,8 @@ def test_every_variant_builds_through_torchreid(name):
     model = torchreid.models.build_model(name, 7, loss='softmax', pretrained=False,
                                          use_gpu=False)
     assert isinstance(model, JLML)
+    assert len(model.head_names) == default_cfgs[name]['classifiers']
+    assert model.default_cfg == dict(default_cfgs[name], architecture=name)
     model.eval()
     with torch.no_grad():
         feat = model(_input(name, 2))

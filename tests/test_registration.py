@@ -5,6 +5,7 @@ import os
 import subprocess
 
 import pytest
+import torch
 
 import jlml_plugin
 from jlml_plugin import MODELS, _torchreid, torchreid
@@ -80,3 +81,22 @@ def test_registration_on_the_upstream_layout():
             'print(type(m).__name__, t.cython_evaluator() is not None)')
     out = subprocess.run([UPSTREAM, '-c', code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ['JLML', 'True']
+
+
+def test_one_decorator_registers_a_variant_everywhere():
+    from functools import partial
+    from jlml_plugin.models import default_cfgs, register_variant
+
+    @register_variant(feature_dim=256, classifiers=2)
+    def jlml_test_m6(num_classes, loss='softmax', pretrained=False, use_gpu=True, **kwargs):
+        return partial(MODELS['jlml'], num_stripes=6, feat_dim=128)(num_classes, loss, **kwargs)
+
+    try:
+        assert MODELS['jlml_test_m6'] is jlml_test_m6
+        assert _torchreid.model_factory()['jlml_test_m6'] is jlml_test_m6
+        assert default_cfgs['jlml_test_m6']['feature_dim'] == 256
+        model = torchreid.models.build_model('jlml_test_m6', 3, pretrained=False).eval()
+        assert model(torch.randn(1, 3, 192, 64)).shape == (1, 256)
+    finally:
+        for registry in (MODELS, default_cfgs, _torchreid.model_factory()):
+            registry.pop('jlml_test_m6', None)

@@ -31,32 +31,10 @@ from typing import Dict, Sequence, Tuple
 import torch
 from torch import nn
 
-__all__ = ['JLML', 'JLMLArch', 'default_cfgs', 'jlml', 'jlml_global', 'jlml_local',
-           'jlml_single_loss', 'jlml_independent', 'jlml_resnet50']
+from .registry import default_cfgs, register_variant
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def _cfg(**kwargs) -> dict:
-    cfg = dict(input_size=(3, 160, 64), mean=IMAGENET_MEAN, std=IMAGENET_STD,
-               feature_dim=1024, distance='euclidean', pretrained_url='',
-               paper='arXiv:1705.04724')
-    cfg.update(kwargs)
-    return cfg
-
-
-#: Per-model metadata in the spirit of timm's ``default_cfgs``. No JLML weights are
-#: published; ``jlml_resnet50`` can start from torchvision's ImageNet ResNet-50.
-default_cfgs: Dict[str, dict] = {
-    'jlml': _cfg(),
-    'jlml_global': _cfg(feature_dim=512),
-    'jlml_local': _cfg(feature_dim=512),
-    'jlml_single_loss': _cfg(),
-    'jlml_independent': _cfg(),
-    'jlml_resnet50': _cfg(input_size=(3, 256, 128),
-                          pretrained_url='torchvision ResNet50_Weights.IMAGENET1K_V1'),
-}
+__all__ = ['JLML', 'JLMLArch', 'jlml', 'jlml_global', 'jlml_local', 'jlml_single_loss',
+           'jlml_independent', 'jlml_resnet50']
 
 
 @dataclass(frozen=True)
@@ -422,7 +400,7 @@ def _create_jlml(variant: str, num_classes: int, loss: str, pretrained: bool,
                                                     for k, v in arch_kwargs.items()})
     model = JLML(num_classes, loss, arch=arch, **kwargs)
     model.default_cfg = dict(default_cfgs[variant], architecture=variant)
-    if pretrained and variant == 'jlml_resnet50':
+    if pretrained and model.default_cfg['pretrained_url']:
         _load_resnet50_trunk(model, _find_resnet50_weights())
     elif pretrained and not _warned_no_pretrained:
         # torchreid's FeatureExtractor asks for pretrained weights whenever no model
@@ -433,6 +411,7 @@ def _create_jlml(variant: str, num_classes: int, loss: str, pretrained: bool,
     return model
 
 
+@register_variant()
 def jlml(num_classes: int, loss: str = 'softmax', pretrained: bool = False,
          use_gpu: bool = True, **kwargs) -> JLML:
     """JLML-ResNet39: shared stem, global branch and 4-stripe local branch, two losses.
@@ -443,6 +422,7 @@ def jlml(num_classes: int, loss: str = 'softmax', pretrained: bool = False,
     return _create_jlml('jlml', num_classes, loss, pretrained, **kwargs)
 
 
+@register_variant(feature_dim=512, classifiers=1)
 def jlml_global(num_classes: int, loss: str = 'softmax', pretrained: bool = False,
                 use_gpu: bool = True, **kwargs) -> JLML:
     """Ablation: the global branch only."""
@@ -450,6 +430,7 @@ def jlml_global(num_classes: int, loss: str = 'softmax', pretrained: bool = Fals
                         branches=('global',), **kwargs)
 
 
+@register_variant(feature_dim=512, classifiers=1)
 def jlml_local(num_classes: int, loss: str = 'softmax', pretrained: bool = False,
                use_gpu: bool = True, **kwargs) -> JLML:
     """Ablation: the local (stripe) branch only."""
@@ -457,6 +438,7 @@ def jlml_local(num_classes: int, loss: str = 'softmax', pretrained: bool = False
                         branches=('local',), **kwargs)
 
 
+@register_variant(classifiers=1)
 def jlml_single_loss(num_classes: int, loss: str = 'softmax', pretrained: bool = False,
                      use_gpu: bool = True, **kwargs) -> JLML:
     """Ablation: both branches, one classifier (one loss) on the joined feature."""
@@ -464,6 +446,7 @@ def jlml_single_loss(num_classes: int, loss: str = 'softmax', pretrained: bool =
                         joint_classifier=True, **kwargs)
 
 
+@register_variant()
 def jlml_independent(num_classes: int, loss: str = 'softmax', pretrained: bool = False,
                      use_gpu: bool = True, **kwargs) -> JLML:
     """Ablation: no shared low-level layer; each branch has its own stem."""
@@ -471,6 +454,8 @@ def jlml_independent(num_classes: int, loss: str = 'softmax', pretrained: bool =
                         shared_stem=False, **kwargs)
 
 
+@register_variant(input_size=(3, 256, 128),
+                  pretrained_url='torchvision ResNet50_Weights.IMAGENET1K_V1')
 def jlml_resnet50(num_classes: int, loss: str = 'softmax', pretrained: bool = False,
                   use_gpu: bool = True, **kwargs) -> JLML:
     """The two-branch design on a torchvision ResNet-50 trunk (shared conv1 + layer1).

@@ -1,0 +1,39 @@
+"""One registry for the plugin's models: ``@register_variant(...)`` on a builder puts it in
+:data:`MODELS`, in torchreid's model factory and, with its metadata, in
+:data:`default_cfgs` (timm's convention), which tools and tests read instead of keeping
+lists of their own."""
+from __future__ import annotations
+
+from typing import Callable, Dict
+
+from .. import _torchreid
+
+__all__ = ['MODELS', 'default_cfgs', 'register_variant']
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: Every registered builder, by torchreid model name.
+MODELS: Dict[str, Callable] = {}
+#: Each builder's metadata: input size, normalisation, test feature size, number of
+#: identity classifiers (one loss each), pretrained weights and where they come from.
+default_cfgs: Dict[str, dict] = {}
+
+
+def register_variant(**metadata) -> Callable[[Callable], Callable]:
+    """Registers the decorated builder under its function name; ``metadata`` overrides
+    the defaults (160x64 input, ImageNet mean/std, 1024-D feature, 2 classifiers, no
+    pretrained weights). The builder must take torchreid's signature
+    ``(num_classes, loss='softmax', pretrained=..., use_gpu=..., **kwargs)``."""
+    cfg = dict(input_size=(3, 160, 64), mean=IMAGENET_MEAN, std=IMAGENET_STD,
+               feature_dim=1024, classifiers=2, distance='euclidean', pretrained_url='',
+               paper='arXiv:1705.04724')
+    cfg.update(metadata)
+
+    def register(builder: Callable) -> Callable:
+        name = builder.__name__
+        MODELS[name] = builder
+        default_cfgs[name] = cfg
+        _torchreid.register_model(name, builder)
+        return builder
+    return register
