@@ -5,8 +5,8 @@
     jlml-bench evaluator --queries 3368 --gallery 15913 --ids 751 --cams 6
     jlml-bench profile --model jlml --height 160 --width 64 --batch 32
 
-``speed`` times training steps (forward + backward + optimizer step) and inference of
-each model, interleaved model by model within every repeat so that drift in the
+``speed`` times training steps (the engine's own step: forward, the losses, backward,
+optimizer step, sparsity terms) and inference of each model, interleaved model by model within every repeat so that drift in the
 machine's speed hits all of them alike; it reports the median and each model's ratio
 to a reference model. ``jlml@looped`` is JLML with its stripe streams run one by one in
 a Python loop (the paper's drawing), for the before/after of batching them.
@@ -23,6 +23,7 @@ import json
 import statistics
 import sys
 import time
+from types import SimpleNamespace
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
@@ -31,11 +32,13 @@ import torch
 from . import _torchreid
 from ._cli import command_parser, main_wrapper
 from ._files import atomic_open
+from .engine import AMP_MODES, JLMLEngine
 from .errors import ConfigError
 from .metrics import evaluate_rank
 from .report import environment
 from .models import MODELS
 from .models.reference import LoopedLocalBranch
+from .regularizers import jlml_sparsity
 
 __all__ = ['build_bench_model', 'time_call', 'speed', 'loader_speed', 'evaluator_speed', 'profile',
            'main']
@@ -67,53 +70,49 @@ def time_call(fn: Callable[[], None], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def _losses(outputs, pids, criterion):
-    outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
-    return sum(criterion(y.float(), pids) for y in outputs)
+def _engine(model: torch.nn.Module, num_classes: int, amp: str,
+            channels_last: bool) -> JLMLEngine:
+    """The engine ``jlml-train`` would run the model with: identity losses as named by the
+    model, JLML's sparsity terms and their proximal step, AMP. Only its training step is
+    used, so it needs no data: a stand-in data manager gives the class count."""
+    data = SimpleNamespace(train_loader=None, test_loader=None, num_train_pids=num_classes)
+    regularizer = jlml_sparsity(model) if hasattr(model, 'sparsity_params') else None
+    engine = JLMLEngine(data, model, torch.optim.Adam(model.parameters(), lr=3e-4),
+                        use_gpu=next(model.parameters()).is_cuda, regularizer=regularizer,
+                        amp=amp, channels_last=channels_last)
+    engine.epoch = engine.batch_idx = 0
+    return engine
 
 
 def speed(models: List[str], height: int, width: int, batch: int, warmup: int = 2,
           repeats: int = 5, iters: int = 3, reference: str = 'resnet50',
           device: str = 'cpu', channels_last: bool = False, amp: str = 'off',
           num_classes: int = 751) -> Dict[str, Dict]:
-    """Training and inference images/s of each model; see the module docstring."""
+    """Training and inference images/s of each model; see the module docstring. A training
+    step is the engine's own ``forward_backward`` (the one ``jlml-train`` runs)."""
     dev = torch.device(device)
-    dtype = {'off': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}[amp]
+    dtype = AMP_MODES[amp]
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     gen = torch.Generator().manual_seed(0)
     images = torch.randn(batch, 3, height, width, generator=gen).to(dev, memory_format=fmt)
-    pids = torch.randint(0, num_classes, (batch,), generator=gen).to(dev)
-    criterion = _tr.losses.CrossEntropyLoss(num_classes, use_gpu=dev.type == 'cuda')
+    batch_data = {'img': images, 'pid': torch.randint(0, num_classes, (batch,), generator=gen)}
     setups = {}
     for name in models:
         model = build_bench_model(name, num_classes)
         params, flops = _tr.utils.compute_model_complexity(model, (1, 3, height, width))
         model = model.to(dev, memory_format=fmt)
-        optimizer = torch.optim.Adam(model.parameters(), lr=3e-4)
-        scaler = torch.amp.GradScaler('cuda') if amp == 'fp16' else None
+        engine = _engine(model, num_classes, amp, channels_last)
 
-        def autocast():
-            return torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None)
-
-        def train_step(model=model, optimizer=optimizer, scaler=scaler, autocast=autocast):
+        def train_step(model=model, engine=engine):
             model.train()
             for _ in range(iters):
-                with autocast():
-                    loss = _losses(model(images), pids, criterion)
-                optimizer.zero_grad(set_to_none=True)
-                if scaler is None:
-                    loss.backward()
-                    optimizer.step()
-                else:
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
+                engine.forward_backward(batch_data)
 
         @torch.no_grad()
-        def infer_step(model=model, autocast=autocast):
+        def infer_step(model=model):
             model.eval()
             for _ in range(iters):
-                with autocast():
+                with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
                     model(images)
 
         setups[name] = dict(train=train_step, infer=infer_step, params=params, flops=flops)
@@ -198,20 +197,17 @@ def evaluator_speed(queries: int, gallery: int, ids: int, cams: int, repeats: in
 
 def profile(model_name: str, height: int, width: int, batch: int, steps: int = 3,
             channels_last: bool = False, rows: int = 15) -> str:
-    """torch.profiler's operator table (by self CPU time) for ``steps`` training steps."""
+    """torch.profiler's operator table (by self CPU time) for ``steps`` of the engine's
+    training step."""
     from torch.profiler import ProfilerActivity, profile as torch_profile
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = build_bench_model(model_name, 751).to(memory_format=fmt).train()
-    images = torch.randn(batch, 3, height, width).to(memory_format=fmt)
-    pids = torch.randint(0, 751, (batch,))
-    criterion = _tr.losses.CrossEntropyLoss(751, use_gpu=False)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-4)
+    engine = _engine(model, 751, 'off', channels_last)
+    batch_data = {'img': torch.randn(batch, 3, height, width).to(memory_format=fmt),
+                  'pid': torch.randint(0, 751, (batch,))}
 
     def step():
-        loss = _losses(model(images), pids, criterion)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        engine.forward_backward(batch_data)
 
     step()  # warm-up: kernel selection is not steady-state time
     with torch_profile(activities=[ProfilerActivity.CPU]) as prof:

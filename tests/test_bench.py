@@ -4,6 +4,7 @@ import json
 import pytest
 
 from jlml_plugin import bench
+from jlml_plugin.engine import JLMLEngine
 
 
 def test_speed_on_tiny_sizes_writes_json(tmp_path, capsys):
@@ -49,3 +50,19 @@ def test_profile_prints_the_operator_table(capsys):
                        '--batch', '2', '--steps', '1']) == 0
     out = capsys.readouterr().out
     assert 'Self CPU' in out and 'aten::' in out
+
+
+def test_speed_times_the_engines_own_training_step(monkeypatch, tmp_path):
+    calls = []
+    original = JLMLEngine.forward_backward
+
+    def counted(self, data):
+        calls.append((type(self.net).__name__, self.regularizer is not None))
+        return original(self, data)
+
+    monkeypatch.setattr(JLMLEngine, 'forward_backward', counted)
+    bench.speed(['jlml', 'osnet_x0_25'], 32, 16, 2, warmup=1, repeats=2, iters=1,
+                reference='osnet_x0_25')
+    # warm-up + repeats, per model; JLML's step carries its sparsity terms
+    assert sorted(set(calls)) == [('JLML', True), ('OSNet', False)]
+    assert len(calls) == 2 * (1 + 2)
