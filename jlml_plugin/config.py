@@ -4,7 +4,8 @@
 default, so torchreid's stock YAML files load unchanged (its ``scripts/`` ship in no
 package, hence the copy of the schema, not of the code). :func:`add_jlml_config` adds
 the plugin's keys the detectron2 way, without touching the base schema.
-:func:`load_config` merges a YAML file and ``KEY VALUE`` overrides with one-line errors.
+:class:`JLMLConfig` is the yacs ``CfgNode`` they live in: its ``merge_from_file`` follows
+``_BASE_`` and its merges fail with one line; :func:`load_config` uses both.
 """
 from __future__ import annotations
 
@@ -20,14 +21,42 @@ from yacs.config import CfgNode as CN
 from .errors import ConfigError
 from .regularizers import LAMBDA_GLOBAL, LAMBDA_LOCAL
 
-__all__ = ['get_default_config', 'add_jlml_config', 'get_cfg', 'load_config', 'merge_dict',
+__all__ = ['JLMLConfig', 'get_default_config', 'add_jlml_config', 'get_cfg', 'load_config', 'merge_dict',
            'flatten', 'flat_keys',
            'imagedata_kwargs', 'optimizer_kwargs', 'lr_scheduler_kwargs', 'engine_run_kwargs']
 
 
-def get_default_config() -> CN:
-    """torchreid's default config (``scripts/default_config.py``), key for key."""
-    cfg = CN()
+class JLMLConfig(CN):
+    """A yacs ``CfgNode`` whose ``merge_from_file`` follows ``_BASE_`` (detectron2's and
+    fast-reid's convention: a base path is relative to the file naming it) and whose
+    merges fail with one line naming the key, the file and the expected type.
+
+    Types follow yacs, with two leniencies documented here: an int where a float is
+    expected (``train.lr 1``; yacs refuses it) and a single string where a list is
+    expected (``data.sources market1501``, as torchreid's ``-s`` gives it).
+    """
+
+    def merge_from_file(self, cfg_filename: str) -> None:
+        for path, values in config_chain(cfg_filename):
+            merge_dict(self, values, f'in {path}')
+
+    def merge_from_list(self, cfg_list: list) -> None:
+        """``KEY VALUE`` pairs; values are read as yacs reads them (Python literals),
+        else as YAML reads them, else as text."""
+        opts = list(cfg_list)
+        if len(opts) % 2:
+            raise ConfigError(f'overrides come in KEY VALUE pairs; {opts[-1]!r} has no value')
+        known = flat_keys(self)
+        for key, text in zip(opts[::2], opts[1::2]):
+            if key not in known:
+                raise _unknown_key(key, known, 'on the command line')
+            _set(self, key, _coerce(key, _decode(text), known[key]))
+
+
+def get_default_config() -> JLMLConfig:
+    """torchreid's default config (``scripts/default_config.py``), key for key, as a
+    :class:`JLMLConfig`."""
+    cfg = JLMLConfig()
     cfg.use_gpu = torch.cuda.is_available()  # torchreid's main.py adds this key at run time
 
     cfg.model = CN()
@@ -152,7 +181,6 @@ def add_jlml_config(cfg: CN) -> CN:
     cfg.jlml.reg_local.weight = LAMBDA_LOCAL            # lambda_l = 5e-7 (our choice; 0 = off)
     cfg.jlml.reg_local.param = ''   # '' = the model's local feature layer
     cfg.jlml.reg_local.groups = 0   # column groups; 0 = num_stripes on JLML models, else 1
-    cfg.jlml.engine = 'auto'        # 'auto' (by loss.name), 'softmax' or 'triplet'
 
     # --- training extras the plugin adds to torchreid's engine ---
     cfg.train.amp = 'off'           # 'off', 'bf16' or 'fp16' autocast (+ GradScaler for fp16)
@@ -171,7 +199,7 @@ def add_jlml_config(cfg: CN) -> CN:
     return cfg
 
 
-def get_cfg() -> CN:
+def get_cfg() -> JLMLConfig:
     """torchreid's default config with the plugin's keys added."""
     return add_jlml_config(get_default_config())
 
@@ -290,21 +318,13 @@ def config_chain(path: str, seen: tuple = ()) -> List[tuple]:
 
 
 def load_config(config_file: Optional[str] = None, opts: Optional[List[str]] = None,
-                base: Optional[CN] = None) -> CN:
+                base: Optional[JLMLConfig] = None) -> JLMLConfig:
     """``base`` (default :func:`get_cfg`) merged with a YAML file (and the files its
     ``_BASE_`` names), then ``KEY VALUE`` pairs."""
     cfg = base if base is not None else get_cfg()
     if config_file:
-        for path, values in config_chain(config_file):
-            merge_dict(cfg, values, f'in {path}')
-    opts = list(opts or [])
-    if len(opts) % 2:
-        raise ConfigError(f'overrides come in KEY VALUE pairs; {opts[-1]!r} has no value')
-    known = flat_keys(cfg)
-    for key, text in zip(opts[::2], opts[1::2]):
-        if key not in known:
-            raise _unknown_key(key, known, 'on the command line')
-        _set(cfg, key, _coerce(key, _decode(text), known[key]))
+        cfg.merge_from_file(config_file)
+    cfg.merge_from_list(opts or [])
     return cfg
 
 

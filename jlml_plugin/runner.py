@@ -58,7 +58,6 @@ def validate(cfg: CN, check_data: bool = True) -> None:
     _one_of('train.optim', cfg.train.optim, _tr.available_optimizers())
     _one_of('train.lr_scheduler', cfg.train.lr_scheduler, _tr.available_schedulers())
     _one_of('train.amp', cfg.train.amp, list(AMP_MODES))
-    _one_of('jlml.engine', cfg.jlml.engine, ['auto', 'softmax', 'triplet'])
     _one_of('dist.backend', cfg.dist.backend, ['auto', 'nccl', 'gloo'])
     _one_of('test.dist_metric', cfg.test.dist_metric, ['euclidean', 'cosine'])
     for name in ('reg_global', 'reg_local'):
@@ -69,9 +68,6 @@ def validate(cfg: CN, check_data: bool = True) -> None:
     for key in ('weight_global', 'weight_local'):
         if cfg.jlml[key] < 0:
             raise ConfigError(f'jlml.{key} must be >= 0, got {cfg.jlml[key]}')
-    if cfg.jlml.engine != 'auto' and cfg.jlml.engine != cfg.loss.name:
-        raise ConfigError(f'jlml.engine {cfg.jlml.engine} needs loss.name {cfg.jlml.engine}, '
-                          f'got {cfg.loss.name}')
     if cfg.train.amp == 'fp16' and not _use_gpu(cfg):
         raise ConfigError('train.amp fp16 needs a GPU; use bf16 on the CPU')
     if cfg.train.batch_size < 1 or cfg.test.batch_size < 1:

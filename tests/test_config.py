@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from jlml_plugin.config import flat_keys, get_cfg, get_default_config, load_config
+from jlml_plugin.config import JLMLConfig, flat_keys, get_cfg, get_default_config, load_config
 from jlml_plugin.errors import ConfigError
 from jlml_plugin.leaderboard import load_leaderboard, plan_runs
 from jlml_plugin.runner import validate
@@ -55,7 +55,7 @@ def test_plugin_keys_are_added_without_touching_the_base():
     added = set(full) - set(base)
     assert {'jlml.num_stripes', 'jlml.feat_dim', 'jlml.weight_global', 'jlml.weight_local',
             'jlml.reg_global.kind', 'jlml.reg_global.weight', 'jlml.reg_local.kind',
-            'jlml.reg_local.weight', 'jlml.engine', 'train.amp', 'dist.sync_bn'} <= added
+            'jlml.reg_local.weight', 'train.amp', 'dist.sync_bn'} <= added
 
 
 @pytest.mark.parametrize('path', sorted(glob.glob(os.path.join(ROOT, 'configs', '**', '*.yaml'),
@@ -110,3 +110,18 @@ def test_overrides_are_found_anywhere_on_the_command_line():
     assert options == ['--config-file', 'x.yaml', '-s', 'market1501', 'dukemtmcreid',
                        '--resume', '-t', 'market1501']
     assert overrides == ['model.name', 'jlml', 'train.lr', '0.1']
+
+
+def test_the_default_config_is_a_yacs_node_whose_merge_follows_base(tmp_path):
+    from yacs.config import CfgNode
+    cfg = get_default_config()
+    assert isinstance(cfg, JLMLConfig) and isinstance(cfg, CfgNode)
+    (tmp_path / 'base.yaml').write_text("train:\n  lr: 0.01\n  max_epoch: 5\n")
+    (tmp_path / 'child.yaml').write_text("_BASE_: base.yaml\ntrain:\n  max_epoch: 7\n")
+    full = get_cfg()
+    full.merge_from_file(str(tmp_path / 'child.yaml'))
+    full.merge_from_list(['train.lr', '1'])  # an int where a float is expected
+    assert (full.train.lr, full.train.max_epoch) == (1.0, 7)
+    with pytest.raises(ConfigError, match=r"unknown config key 'train.lrr' on the command line; "
+                                          r"did you mean train.lr"):
+        full.merge_from_list(['train.lrr', '0.1'])
