@@ -1,10 +1,13 @@
 """From a config to a finished run, the way torchreid's ``scripts/main.py`` does it.
 
 :func:`validate` checks a whole config before any work starts; :func:`train` then
-builds torchreid's data manager, the model (JLML models with the ``jlml`` keys, any
-other through ``build_model``), torchreid's optimizer and scheduler, the engine, and
-runs it. The ``jlml-train`` and ``jlml-leaderboard`` commands both come through here,
-so a baseline and JLML follow exactly the same path.
+runs the builders in order, each one step to read and test alone:
+:func:`build_datamanager` (torchreid's), :func:`build_model` (JLML models with the
+``jlml`` keys, any other through torchreid's ``build_model``), :func:`place_model`
+(device, DDP, sparsity terms) and :func:`build_engine` (torchreid's optimizer and
+scheduler, the engine); then it resumes and runs the engine. The ``jlml-train`` and
+``jlml-leaderboard`` commands both come through here, so a baseline and JLML follow
+exactly the same path.
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from yacs.config import CfgNode as CN
@@ -32,7 +35,8 @@ from .models.jlml import ARCH_KEYS
 from .regularizers import REGULARIZERS, SparsityHook, SparsityTerm
 from .report import atomic_write_text, environment
 
-__all__ = ['validate', 'build_model', 'build_regularizer', 'record_run', 'train', 'RunResult',
+__all__ = ['validate', 'build_datamanager', 'build_model', 'build_regularizer', 'place_model',
+           'build_engine', 'record_run', 'train', 'RunResult',
            'model_kwargs']
 
 _tr = _torchreid
@@ -185,20 +189,9 @@ def _resume_path(cfg: CN, resume_latest: bool) -> Optional[str]:
     return None
 
 
-def train(cfg: CN, resume_latest: bool = False, dist_info: Optional[DistInfo] = None) -> RunResult:
-    """Builds everything from ``cfg`` and runs it (training, or ``test.evaluate`` only)."""
-    wall_start = time.time()
-    distributed = dist_info is not None or launched_by_torchrun()
-    if distributed and dist_info is None:
-        dist_info = init_from_env(cfg.dist.backend, cfg.use_gpu)
-    main = dist_info is None or dist_info.is_main
-    if main:
-        record_run(cfg)
-    _tr.utils.set_random_seed(cfg.train.seed)
-    if cfg.train.deterministic:
-        use_deterministic_kernels()
-
-    # Rank 0 prepares data (synthreid draws its images on first use) before the others read it.
+def build_datamanager(cfg: CN, main: bool = True, distributed: bool = False):
+    """torchreid's ``ImageDataManager``; under DDP its train loader is split across ranks.
+    Rank 0 builds first (synthreid draws its images on first use) while the others wait."""
     if main:
         datamanager = _tr.data.ImageDataManager(**imagedata_kwargs(cfg))
     barrier()
@@ -211,22 +204,13 @@ def train(cfg: CN, resume_latest: bool = False, dist_info: Optional[DistInfo] = 
         datamanager.train_loader = distributed_train_loader(
             datamanager.train_loader, cfg.sampler.train_sampler, cfg.train.batch_size,
             cfg.sampler.num_instances, cfg.train.seed)
+    return datamanager
 
-    model = build_model(cfg, datamanager.num_train_pids)
-    num_params, flops = _tr.utils.compute_model_complexity(
-        model, (1, 3, cfg.data.height, cfg.data.width))
-    if main:
-        print(f'Model {cfg.model.name}: {num_params:,} params, {flops:,} FLOPs '
-              f'at {cfg.data.height}x{cfg.data.width}')
-    for layer in cfg.train.open_layers if cfg.train.fixbase_epoch > 0 else ():
-        if not hasattr(model, layer):
-            heads = [n for n, _ in model.named_children() if 'classifier' in n]
-            raise ConfigError(f'train.open_layers names {layer!r}, which {cfg.model.name} '
-                              f'lacks; its heads are {heads}')
-    if cfg.model.load_weights:
-        _tr.utils.load_pretrained_weights(model, cfg.model.load_weights)
 
-    device = dist_info.device if dist_info else torch.device('cuda' if _use_gpu(cfg) else 'cpu')
+def place_model(cfg: CN, model: torch.nn.Module, device: torch.device,
+                distributed: bool) -> Tuple[torch.nn.Module, Optional[SparsityHook]]:
+    """The model on its device (SyncBN, channels_last, DDP or DataParallel as configured)
+    and its sparsity terms, which name the parameters of the unwrapped model."""
     if cfg.dist.sync_bn and distributed:
         if device.type != 'cuda':
             raise ConfigError('dist.sync_bn needs GPUs (NCCL); turn it off on the CPU')
@@ -240,13 +224,18 @@ def train(cfg: CN, resume_latest: bool = False, dist_info: Optional[DistInfo] = 
             model, device_ids=[device.index] if device.type == 'cuda' else None)
     elif _use_gpu(cfg) and torch.cuda.device_count() > 1:
         model = torch.nn.DataParallel(model)
+    return model, regularizer
 
+
+def build_engine(cfg: CN, datamanager, model: torch.nn.Module,
+                 regularizer: Optional[SparsityHook], distributed: bool = False) -> JLMLEngine:
+    """torchreid's optimizer and scheduler, and the engine for ``loss.name``, with the
+    checkpoint metadata that rebuilds the model later."""
     opt_kwargs = optimizer_kwargs(cfg)
     if distributed and cfg.dist.lr_reference_batch > 0:
         opt_kwargs['lr'] = cfg.train.lr * cfg.train.batch_size / cfg.dist.lr_reference_batch
     optimizer = _tr.optim.build_optimizer(model, **opt_kwargs)
     scheduler = _tr.optim.build_lr_scheduler(optimizer, **lr_scheduler_kwargs(cfg))
-
     meta = dict(model_name=cfg.model.name, num_classes=datamanager.num_train_pids,
                 loss=cfg.loss.name, input_size=[3, cfg.data.height, cfg.data.width],
                 mean=list(cfg.data.norm_mean), std=list(cfg.data.norm_std),
@@ -261,17 +250,48 @@ def train(cfg: CN, resume_latest: bool = False, dist_info: Optional[DistInfo] = 
                   keep_checkpoints=cfg.train.keep_checkpoints, meta=meta,
                   single_shot=cfg.test.single_shot)
     if cfg.loss.name == 'triplet':
-        engine = JLMLTripletEngine(datamanager, model, optimizer,
-                                   margin=cfg.loss.triplet.margin,
-                                   weight_t=cfg.loss.triplet.weight_t,
-                                   weight_x=cfg.loss.triplet.weight_x, **common)
-    else:
-        engine = JLMLEngine(datamanager, model, optimizer, **common)
+        return JLMLTripletEngine(datamanager, model, optimizer, margin=cfg.loss.triplet.margin,
+                                 weight_t=cfg.loss.triplet.weight_t,
+                                 weight_x=cfg.loss.triplet.weight_x, **common)
+    return JLMLEngine(datamanager, model, optimizer, **common)
+
+
+def train(cfg: CN, resume_latest: bool = False, dist_info: Optional[DistInfo] = None) -> RunResult:
+    """Builds everything from ``cfg`` and runs it (training, or ``test.evaluate`` only)."""
+    wall_start = time.time()
+    distributed = dist_info is not None or launched_by_torchrun()
+    if distributed and dist_info is None:
+        dist_info = init_from_env(cfg.dist.backend, cfg.use_gpu)
+    main = dist_info is None or dist_info.is_main
+    if main:
+        record_run(cfg)
+    _tr.utils.set_random_seed(cfg.train.seed)
+    if cfg.train.deterministic:
+        use_deterministic_kernels()
+
+    datamanager = build_datamanager(cfg, main, distributed)
+    model = build_model(cfg, datamanager.num_train_pids)
+    num_params, flops = _tr.utils.compute_model_complexity(
+        model, (1, 3, cfg.data.height, cfg.data.width))
+    if main:
+        print(f'Model {cfg.model.name}: {num_params:,} params, {flops:,} FLOPs '
+              f'at {cfg.data.height}x{cfg.data.width}')
+    for layer in cfg.train.open_layers if cfg.train.fixbase_epoch > 0 else ():
+        if not hasattr(model, layer):
+            heads = [n for n, _ in model.named_children() if 'classifier' in n]
+            raise ConfigError(f'train.open_layers names {layer!r}, which {cfg.model.name} '
+                              f'lacks; its heads are {heads}')
+    if cfg.model.load_weights:
+        _tr.utils.load_pretrained_weights(model, cfg.model.load_weights)
+    device = dist_info.device if dist_info else torch.device('cuda' if _use_gpu(cfg) else 'cpu')
+    model, regularizer = place_model(cfg, model, device, distributed)
+    engine = build_engine(cfg, datamanager, model, regularizer, distributed)
 
     run_kwargs = engine_run_kwargs(cfg)
     path = _resume_path(cfg, resume_latest)
     if path:
-        checkpoint = resume_checkpoint(path, model, optimizer, scheduler, engine.scaler)
+        checkpoint = resume_checkpoint(path, engine.model, engine.optimizer, engine.scheduler,
+                                       engine.scaler)
         run_kwargs['start_epoch'] = int(checkpoint['epoch'])
         engine.restore_counters(checkpoint)
         if main:
