@@ -260,14 +260,15 @@ def test_triplet_features_are_taken_before_dropout():
 def test_test_feature_options():
     torch.manual_seed(0)
     x = _input('jlml')
-    plain = MODELS['jlml'](5, **SMALL).eval()
+    plain = MODELS['jlml'](5, pre_relu_feature=False, normalize_branches=False, **SMALL).eval()
     state = plain.state_dict()
     with torch.no_grad():
         joined = plain(x)
-        pre = MODELS['jlml'](5, pre_relu_feature=True, **SMALL).eval()
+        pre = MODELS['jlml'](5, pre_relu_feature=True, normalize_branches=False, **SMALL).eval()
         pre.load_state_dict(state)
         pre_joined = pre(x)
-        normed = MODELS['jlml'](5, normalize_branches=True, **SMALL).eval()
+        normed = MODELS['jlml'](5, pre_relu_feature=False, normalize_branches=True,
+                                **SMALL).eval()
         normed.load_state_dict(state)
         normed_joined = normed(x)
     torch.testing.assert_close(joined, pre_joined.clamp_min(0))

@@ -5,8 +5,8 @@ import torch
 from jlml_plugin import (MODELS, SparsityHook, SparsityTerm, exclusive_group_lasso, group_lasso,
                          torchreid)
 from jlml_plugin.errors import ConfigError
-from jlml_plugin.regularizers import (LAMBDA_GLOBAL, LAMBDA_LOCAL, REGULARIZERS, jlml_terms,
-                                      prox_exclusive_group_lasso, prox_group_lasso)
+from jlml_plugin.regularizers import (REGULARIZERS, jlml_terms, prox_exclusive_group_lasso,
+                                      prox_group_lasso)
 
 SMALL = dict(stem_width=8, global_widths=(4, 8, 8, 16), local_widths=(4, 4, 8, 8))
 
@@ -204,8 +204,8 @@ def _trained_selection(tiny_opts, tmp_path, scale):
         'data.save_dir', str(tmp_path / f'x{scale}'), 'jlml.feat_dim', '64',
         'jlml.stem_width', '8', 'jlml.global_widths', '[4,8,8,16]',
         'jlml.local_widths', '[4,4,8,8]',
-        'jlml.reg_global.weight', str(LAMBDA_GLOBAL * scale),
-        'jlml.reg_local.weight', str(LAMBDA_LOCAL * scale)])
+        'jlml.reg_global.weight', str(5e-4 * scale),
+        'jlml.reg_local.weight', str(5e-7 * scale)])
     train(cfg)
     checkpoint = torch.load(tmp_path / f'x{scale}' / 'model' / 'model.pth.tar-3',
                             weights_only=True)
@@ -214,8 +214,8 @@ def _trained_selection(tiny_opts, tmp_path, scale):
 
 @pytest.mark.slow
 def test_a_large_lambda_switches_units_off_and_lambda_zero_does_not(tiny_opts, tmp_path):
-    # 300x the default lambda, 18 steps: (torch 2.14, CPU) all 64 global columns and 4.1% of
-    # the local entries are exactly 0; the test asks for half and 2%.
+    # 300x (5e-4, 5e-7), 18 steps: (torch 2.14, CPU) all 64 global columns and 4.1% of the
+    # local entries are exactly 0; the test asks for half and 2%.
     strong = _trained_selection(tiny_opts, tmp_path, 300)
     assert strong['reg_global']['exact_zeros'] >= 0.5 * strong['reg_global']['units']
     assert strong['reg_local']['exact_zeros'] >= 0.02 * strong['reg_local']['units']
