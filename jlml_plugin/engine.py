@@ -157,14 +157,17 @@ class JLMLEngine(_tr.engine.ImageSoftmaxEngine):
                 f'{self.batch_idx + 1}; training stopped and the last good checkpoint is kept '
                 f'(try a lower train.lr{" or train.amp off" if self.amp_dtype is not None else ""})')
         self.optimizer.zero_grad(set_to_none=True)
+        stepped = finite
         if self.scaler is not None:
+            scale = self.scaler.get_scale()
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            stepped = self.scaler.get_scale() >= scale  # it backs off exactly when it skips
         else:
             loss.backward()
             self.optimizer.step()
-        if self.regularizer and finite:  # no step was taken on a skipped one
+        if self.regularizer and stepped:  # the proximal step follows an optimizer step
             self.regularizer.proximal_step(self.optimizer)
         summary['loss'] = value
         return summary
