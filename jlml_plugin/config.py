@@ -159,7 +159,7 @@ def add_jlml_config(cfg: CN) -> CN:
     cfg.jlml.num_stripes = 4        # local-branch stripes m; the input height must split into them
     cfg.jlml.feat_dim = 512         # feature size of each branch; the test feature joins both
     cfg.jlml.dropout = 0.5          # dropout between each feature and its classifier (cuhk01_val)
-    cfg.jlml.pre_relu_feature = False   # match (and triplet-train) the feature before its ReLU
+    cfg.jlml.pre_relu_feature = True    # match (and triplet-train) the feature before its ReLU (cuhk01_val)
     cfg.jlml.normalize_branches = False  # L2-normalise each branch's test feature before joining
     cfg.jlml.stem_width = 64        # channels of the shared low-level conv layer
     cfg.jlml.shared_widths = []     # bottleneck widths of residual stages shared by both branches
@@ -173,12 +173,12 @@ def add_jlml_config(cfg: CN) -> CN:
     cfg.jlml.weight_local = 1.0     # w_l, weight of the local branch's identity loss
     cfg.jlml.reg_global = CN()      # R_g: structured sparsity on the global feature layer
     cfg.jlml.reg_global.kind = 'group_lasso'            # L2,1 over input columns
-    cfg.jlml.reg_global.weight = LAMBDA_GLOBAL          # lambda_g = 5e-4 (our choice; 0 = off)
+    cfg.jlml.reg_global.weight = LAMBDA_GLOBAL          # lambda_g = 1.5e-2 (cuhk01_val; 0 = off)
     cfg.jlml.reg_global.param = ''  # '' = the model's global feature layer; any named
     #                                 parameter works, e.g. 'fc.0.weight' on osnet
     cfg.jlml.reg_local = CN()       # R_l: structured sparsity on the local feature layer
     cfg.jlml.reg_local.kind = 'exclusive_group_lasso'   # L1,2, one group per stripe
-    cfg.jlml.reg_local.weight = LAMBDA_LOCAL            # lambda_l = 5e-7 (our choice; 0 = off)
+    cfg.jlml.reg_local.weight = LAMBDA_LOCAL            # lambda_l = 1.5e-5 (cuhk01_val; 0 = off)
     cfg.jlml.reg_local.param = ''   # '' = the model's local feature layer
     cfg.jlml.reg_local.groups = 0   # column groups; 0 = num_stripes on JLML models, else 1
 

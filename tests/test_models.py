@@ -245,7 +245,8 @@ def test_every_conv_starts_at_he_fan_out_per_stream(name):
 
 
 def test_triplet_features_are_taken_before_dropout():
-    model = MODELS['jlml'](5, loss='triplet', dropout=0.5, **SMALL).train()
+    model = MODELS['jlml'](5, loss='triplet', dropout=0.5, pre_relu_feature=False,
+                           **SMALL).train()
     x = _input('jlml')
     torch.manual_seed(1)
     logits_a, feats_a = model(x)

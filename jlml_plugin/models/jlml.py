@@ -223,7 +223,8 @@ class JLML(nn.Module):
         feat_dim: feature size of each branch.
         dropout: dropout between each feature and its classifier, in training.
         pre_relu_feature: the test (and triplet) feature is each branch's feature layer
-            output before its ReLU (the classifiers still read it after the ReLU).
+            output before its ReLU (the classifiers still read it after the ReLU);
+            chosen on cuhk01_val (BENCHMARKS.md).
         normalize_branches: L2-normalise each branch's test feature before joining them
             (as torchreid's HA-CNN does), so neither branch dominates the L2 distance.
         arch: the residual towers.
@@ -238,7 +239,7 @@ class JLML(nn.Module):
     def __init__(self, num_classes: int, loss: str = 'softmax', *,
                  branches: Sequence[str] = ('global', 'local'), shared_stem: bool = True,
                  joint_classifier: bool = False, num_stripes: int = 4, feat_dim: int = 512,
-                 dropout: float = 0.5, pre_relu_feature: bool = False,
+                 dropout: float = 0.5, pre_relu_feature: bool = True,
                  normalize_branches: bool = False, arch: JLMLArch = RESNET39) -> None:
         super().__init__()
         if loss not in ('softmax', 'triplet'):
