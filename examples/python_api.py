@@ -8,5 +8,5 @@ model = torchreid.models.build_model('jlml', dm.num_train_pids, loss='softmax', 
 optimizer = torchreid.optim.build_optimizer(model, optim='adam', lr=1e-3)
 engine = jlml_plugin.JLMLEngine(dm, model, optimizer, use_gpu=False,  # one loss per branch
                                 regularizer=jlml_plugin.jlml_sparsity(model))  # + sparsity
-engine.run(save_dir='log/python_api', max_epoch=1, ranks=[1, 5])
-print(engine.results['synthreid'].as_dict((1, 5)))
+result = engine.run(save_dir='log/python_api', max_epoch=1, ranks=[1, 5])
+print(result.results['synthreid'].as_dict((1, 5)))

@@ -32,7 +32,8 @@ import torch
 from . import _torchreid
 from ._cli import command_parser, main_wrapper
 from ._files import atomic_open
-from .engine import AMP_MODES, JLMLEngine
+from .engine import JLMLEngine
+from .precision import AMP_MODES
 from .errors import ConfigError
 from .metrics import evaluate_rank
 from .report import environment

@@ -25,7 +25,7 @@ from ._files import atomic_open
 from ._torchreid import load_checkpoint
 from .errors import CheckpointError
 
-__all__ = ['atomic_save', 'save_checkpoint', 'latest_checkpoint', 'model_state', 'resume',
+__all__ = ['atomic_save', 'training_state', 'save_checkpoint', 'latest_checkpoint', 'model_state', 'resume',
            'rng_state', 'set_rng_state', 'load_checkpoint']
 
 PREFIX = 'model.pth.tar-'
@@ -61,6 +61,19 @@ def set_rng_state(state: Dict[str, Any]) -> None:
 
 def _as_tuple(value):
     return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def training_state(model: torch.nn.Module, optimizer, scheduler, epoch: int, rank1: float,
+                   **extra: Any) -> Dict[str, Any]:
+    """torchreid's checkpoint keys (``epoch`` is the next one to run; ``rank1`` a float,
+    F1), the RNG states and ``extra`` (the plugin's ``scaler``, ``meta``, ``counters``).
+    Without a scheduler the key is left out: torchreid's ``resume_from_checkpoint``
+    loads one whenever the key is there and it is given a scheduler (F2)."""
+    state = dict(state_dict=model.state_dict(), epoch=epoch + 1, rank1=float(rank1),
+                 optimizer=optimizer.state_dict(), rng=rng_state(), **extra)
+    if scheduler is not None:
+        state['scheduler'] = scheduler.state_dict()
+    return state
 
 
 def save_checkpoint(state: Dict[str, Any], save_dir: str, keep: int = 2) -> str:

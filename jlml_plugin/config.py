@@ -22,7 +22,7 @@ from .errors import ConfigError
 from .regularizers import LAMBDA_GLOBAL, LAMBDA_LOCAL
 
 __all__ = ['JLMLConfig', 'get_default_config', 'add_jlml_config', 'get_cfg', 'load_config', 'merge_dict',
-           'flatten', 'flat_keys',
+           'merge_values', 'flatten', 'flat_keys',
            'imagedata_kwargs', 'optimizer_kwargs', 'lr_scheduler_kwargs', 'engine_run_kwargs']
 
 
@@ -273,7 +273,22 @@ def merge_dict(cfg: CN, values: Dict[str, Any], where: str) -> None:
         _set(cfg, key, _coerce(key, value, known[key]))
 
 
+def merge_values(base: Dict[str, Any], update: Dict[str, Any]) -> Dict[str, Any]:
+    """``update`` over ``base`` as plain nested mappings, by :func:`merge_dict`'s rule:
+    leaf by leaf (``section.key``), what ``update`` sets wins and the rest is kept. The
+    leaderboard merges its ``protocol`` across ``_BASE_`` files with it."""
+    out: Dict[str, Any] = {}
+    for key, value in {**flatten(base), **flatten(update)}.items():
+        node = out
+        *parents, leaf = key.split('.')
+        for name in parents:
+            node = node.setdefault(name, {})
+        node[leaf] = value
+    return out
+
+
 def flatten(values: Dict[str, Any], prefix: str = '') -> Dict[str, Any]:
+    """A nested mapping as ``{'section.key': value}`` leaves."""
     out = {}
     for key, value in values.items():
         if isinstance(value, dict):

@@ -32,7 +32,7 @@ import yaml
 from . import report
 from ._cli import Tee, command_parser, main_wrapper
 from ._files import exclusive_lock
-from .config import config_chain, flatten, get_cfg, merge_dict
+from .config import config_chain, flatten, get_cfg, merge_dict, merge_values
 from .data.cuhk01 import NUM_SPLITS as CUHK01_SPLITS
 from .errors import ConfigError
 from .runner import train, validate
@@ -68,20 +68,12 @@ def load_leaderboard(path: str) -> Dict[str, Any]:
         if unknown:
             raise ConfigError(f'unknown leaderboard key(s) {sorted(unknown)} in {file}; '
                               f'expected {sorted(_TOP_KEYS)}')
-        protocol = _merged(spec.get('protocol') or {}, values.get('protocol') or {})
+        protocol = merge_values(spec.get('protocol') or {}, values.get('protocol') or {})
         spec.update(values, protocol=protocol)
     for key in ('output', 'protocol', 'models', 'splits'):
         if not spec.get(key):
             raise ConfigError(f'{path} needs a {key!r} entry')
     return spec
-
-
-def _merged(base: Dict[str, Any], update: Dict[str, Any]) -> Dict[str, Any]:
-    out = dict(base)
-    for key, value in update.items():
-        nested = isinstance(value, dict) and isinstance(out.get(key), dict)
-        out[key] = _merged(out[key], value) if nested else value
-    return out
 
 
 def _entries(items: List[Any], where: str) -> List[Dict[str, Any]]:

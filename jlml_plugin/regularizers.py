@@ -201,6 +201,12 @@ class SparsityHook:
             shrunk = PROXIMAL[term.kind](param.float(), term.weight * steps, term.groups)
             param.copy_(shrunk.to(param.dtype))
 
+    @torch.no_grad()
+    def report(self) -> Tuple[float, Dict[str, float]]:
+        """The weighted sum and each unweighted term, as numbers for the log."""
+        total, values = self()
+        return (total.item() if total is not None else 0.0), {k: v.item() for k, v in values.items()}
+
     def __call__(self) -> Tuple[Optional[torch.Tensor], Dict[str, torch.Tensor]]:
         """Returns the weighted sum (None if nothing is on) and each unweighted term."""
         values: Dict[str, torch.Tensor] = {}

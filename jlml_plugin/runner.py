@@ -21,16 +21,17 @@ import torch
 from yacs.config import CfgNode as CN
 
 from . import _torchreid
-from .checkpoint import latest_checkpoint, resume as resume_checkpoint
+from .checkpoint import latest_checkpoint
 from .config import (engine_run_kwargs, imagedata_kwargs, lr_scheduler_kwargs,
                      optimizer_kwargs)
 from .data import check_datasets
 from .distributed import (DistInfo, barrier, distributed_train_loader, init_from_env,
                           launched_by_torchrun, per_rank_batch)
-from .engine import AMP_MODES, JLMLEngine, JLMLTripletEngine
+from .engine import JLMLEngine, JLMLTripletEngine
+from .precision import AMP_MODES
 from .errors import ConfigError
 from .metrics import RankResult
-from .models import MODELS
+from .models import MODELS, default_cfgs
 from .models.jlml import ARCH_KEYS
 from .regularizers import REGULARIZERS, SparsityHook, SparsityTerm
 from .report import atomic_write_text, environment
@@ -88,11 +89,11 @@ def validate(cfg: CN, check_data: bool = True) -> None:
     if cfg.test.visrank and not cfg.test.evaluate:
         raise ConfigError('test.visrank needs test.evaluate True')
     if cfg.model.name in MODELS:
-        height = cfg.data.height
-        if height % (4 * cfg.jlml.num_stripes):
+        multiple = default_cfgs[cfg.model.name]['stem_stride'] * cfg.jlml.num_stripes
+        if cfg.data.height % multiple:
             raise ConfigError(
-                f'data.height {height} cannot be split into jlml.num_stripes '
-                f'{cfg.jlml.num_stripes} stripes: use a multiple of {4 * cfg.jlml.num_stripes}')
+                f'data.height {cfg.data.height} cannot be split into jlml.num_stripes '
+                f'{cfg.jlml.num_stripes} stripes: use a multiple of {multiple}')
     for key in ('load_weights', 'resume'):
         path = cfg.model[key]
         if path and not os.path.isfile(path):
@@ -109,7 +110,7 @@ def model_kwargs(cfg: CN) -> Dict[str, Any]:
     j = cfg.jlml
     kwargs = dict(num_stripes=j.num_stripes, feat_dim=j.feat_dim, dropout=j.dropout,
                   pre_relu_feature=j.pre_relu_feature, normalize_branches=j.normalize_branches)
-    if cfg.model.name != 'jlml_resnet50':  # it has its own (torchvision) trunk
+    if default_cfgs[cfg.model.name]['arch_from_config']:
         kwargs.update({key: list(j[key]) if isinstance(j[key], (list, tuple)) else j[key]
                        for key in ARCH_KEYS})
     return kwargs
@@ -290,14 +291,12 @@ def train(cfg: CN, resume_latest: bool = False, dist_info: Optional[DistInfo] = 
     run_kwargs = engine_run_kwargs(cfg)
     path = _resume_path(cfg, resume_latest)
     if path:
-        checkpoint = resume_checkpoint(path, engine.model, engine.optimizer, engine.scheduler,
-                                       engine.scaler)
-        run_kwargs['start_epoch'] = int(checkpoint['epoch'])
-        engine.restore_counters(checkpoint)
+        run_kwargs['start_epoch'] = engine.resume(path)
         if main:
             print(f'Resumed from {path}: continuing at epoch {run_kwargs["start_epoch"] + 1}')
-    results = engine.run(**run_kwargs)
-    return RunResult(results=results, train_images_per_second=engine.train_images_per_second,
-                     train_seconds=engine.train_seconds, wall_seconds=time.time() - wall_start,
+    outcome = engine.run(**run_kwargs)
+    return RunResult(results=outcome.results,
+                     train_images_per_second=outcome.train_images_per_second,
+                     train_seconds=outcome.train_seconds, wall_seconds=time.time() - wall_start,
                      num_params=num_params, flops=flops, save_dir=cfg.data.save_dir,
-                     extra=dict(train_summary=engine.last_epoch_summary))
+                     extra=dict(train_summary=outcome.train_summary))

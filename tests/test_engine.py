@@ -1,4 +1,4 @@
-"""JLMLEngine: the objective's terms, AMP, torchreid's F1/F2 fixed."""
+"""JLMLEngine: the objective's terms, AMP, hooks, torchreid's F1/F2 fixed."""
 import os
 
 import numpy as np
@@ -6,8 +6,10 @@ import pytest
 import torch
 
 from jlml_plugin import MODELS, SparsityHook, SparsityTerm, evaluate_rank, torchreid
-from jlml_plugin.engine import MAX_SKIPPED_STEPS, JLMLEngine
+from jlml_plugin.engine import JLMLEngine
+from jlml_plugin.precision import MAX_SKIPPED_STEPS
 from jlml_plugin.errors import ConfigError, NonFiniteLossError
+from jlml_plugin.hooks import Hook, TensorBoardLog
 
 SMALL = dict(stem_width=8, global_widths=(4, 8, 8, 16), local_widths=(4, 4, 8, 8))
 
@@ -68,7 +70,7 @@ def test_bf16_autocast_computes_the_same_losses_in_lower_precision(datamanager):
         engine.epoch = engine.batch_idx = 0
         torch.manual_seed(1)  # the same dropout masks
         steps[amp] = engine.forward_backward(batch)
-    assert engine.scaler is None  # a GradScaler only for fp16
+    assert engine.precision.scaler is None  # a GradScaler only for fp16
     for key in ('loss_global', 'loss_local'):
         assert steps['bf16'][key] == pytest.approx(steps['off'][key], rel=2e-2)
         assert steps['bf16'][key] != steps['off'][key]  # autocast did run in bf16
@@ -80,12 +82,12 @@ def _weights(engine):
 
 def test_fp16_steps_go_through_the_grad_scaler(datamanager):
     engine = _engine(datamanager, amp='fp16', lr=0.1)
-    assert isinstance(engine.scaler, torch.amp.GradScaler)
-    before, scale = _weights(engine), engine.scaler.get_scale()
+    assert isinstance(engine.precision.scaler, torch.amp.GradScaler)
+    before, scale = _weights(engine), engine.precision.scaler.get_scale()
     s = _step(engine)
     assert all(torch.isfinite(torch.tensor(v)) for v in s.values())
     assert not torch.equal(_weights(engine), before)  # an unscaled, finite step was taken
-    assert engine.scaler.get_scale() == scale  # no overflow, so no back-off
+    assert engine.precision.scaler.get_scale() == scale  # no overflow, so no back-off
 
 
 def test_fp16_overflow_skips_the_step_and_only_a_run_of_them_stops(datamanager, monkeypatch):
@@ -93,17 +95,17 @@ def test_fp16_overflow_skips_the_step_and_only_a_run_of_them_stops(datamanager, 
     clean = engine.compute_losses
     monkeypatch.setattr(engine, 'compute_losses',
                         lambda out, pids: (lambda l, s: (l * float('inf'), s))(*clean(out, pids)))
-    before, scale = _weights(engine), engine.scaler.get_scale()
+    before, scale = _weights(engine), engine.precision.scaler.get_scale()
     _step(engine)  # no error: GradScaler skips it and backs off
-    assert torch.equal(_weights(engine), before) and engine.scaler.get_scale() < scale
+    assert torch.equal(_weights(engine), before) and engine.precision.scaler.get_scale() < scale
     for _ in range(MAX_SKIPPED_STEPS - 2):
         _step(engine)
     with pytest.raises(NonFiniteLossError, match=f'{MAX_SKIPPED_STEPS} steps in a row'):
         _step(engine)
     monkeypatch.setattr(engine, 'compute_losses', clean)
-    engine.nonfinite_steps = MAX_SKIPPED_STEPS - 1
+    engine.guard.count = MAX_SKIPPED_STEPS - 1
     _step(engine)  # a finite step resets the count
-    assert engine.nonfinite_steps == 0
+    assert engine.guard.count == 0
 
 
 def test_a_non_finite_loss_without_a_scaler_stops_at_once(datamanager, monkeypatch):
@@ -137,21 +139,19 @@ def test_checkpoint_without_scheduler_has_a_float_rank1_and_loads_weights_only(d
 
 def test_counters_survive_a_checkpoint(datamanager, tmp_path):
     engine = _engine(datamanager)
-    engine.train_images, engine.train_seconds = 640, 12.5
+    engine.throughput.images, engine.throughput.seconds = 640, 12.5
     engine.save_model(3, 0.4, str(tmp_path))
     resumed = _engine(datamanager)
-    resumed.restore_counters(torch.load(tmp_path / 'model' / 'model.pth.tar-4',
-                                        weights_only=True))
-    assert (resumed.last_rank1, resumed.train_images, resumed.train_seconds) == (0.4, 640, 12.5)
-    assert resumed.train_images_per_second == engine.train_images_per_second
+    assert resumed.resume(str(tmp_path / 'model' / 'model.pth.tar-4')) == 4
+    assert (resumed.rank1, resumed.throughput.images, resumed.throughput.seconds) == (0.4, 640, 12.5)
+    assert resumed.throughput.per_second == engine.throughput.per_second
 
 
 def test_evaluation_is_the_evaluator_on_the_models_fp32_features(datamanager, capsys):
     results = {}
     for amp in ('off', 'bf16'):
         engine = _engine(datamanager, amp=amp)
-        engine.run(test_only=True, ranks=[1, 5])
-        results[amp] = engine.results['synthreid_tiny']
+        results[amp] = engine.run(test_only=True, ranks=[1, 5]).results['synthreid_tiny']
     assert 'mINP' in capsys.readouterr().out
     model = engine.model.eval()
     loaders = datamanager.test_loader['synthreid_tiny']
@@ -171,3 +171,52 @@ def test_evaluation_is_the_evaluator_on_the_models_fp32_features(datamanager, ca
     imgs = next(iter(loaders['query']))['img']
     with torch.no_grad():
         torch.testing.assert_close(engine.extract_features(imgs), model(imgs), rtol=0, atol=0)
+
+
+class _Recorder(Hook):
+    """Records the order of the engine's calls to its hooks."""
+
+    def __init__(self):
+        self.calls = []
+
+    def before_train(self, engine, save_dir):
+        self.calls.append('before_train')
+
+    def before_epoch(self, engine):
+        self.calls.append(f'before_epoch {engine.epoch}')
+
+    def after_step(self, engine, losses, images, seconds):
+        self.calls.append(f'step {engine.batch_idx} {images}')
+        assert 'loss_global' in losses and seconds > 0
+
+    def after_epoch(self, engine, summary):
+        self.calls.append(f'after_epoch {engine.epoch}')
+
+    def after_eval(self, engine, results):
+        self.calls.append(f'eval {sorted(results)}')
+
+    def after_train(self, engine):
+        self.calls.append('after_train')
+
+
+def test_hooks_are_called_in_loop_order_and_each_can_be_left_out(datamanager, tmp_path):
+    recorder = _Recorder()
+    engine = _engine(datamanager, lr=0.01, hooks=[recorder])
+    engine.hooks = [h for h in engine.hooks if not isinstance(h, TensorBoardLog)]  # off alone
+    outcome = engine.run(save_dir=str(tmp_path), max_epoch=1, ranks=[1])
+    steps = len(datamanager.train_loader)
+    sizes = [len(b['img']) for b in datamanager.train_loader]
+    assert recorder.calls == (['before_train', 'before_epoch 0']
+                              + [f'step {i} {n}' for i, n in enumerate(sizes[:steps])]
+                              + ['after_epoch 0', "eval ['synthreid_tiny']", 'after_train'])
+    assert not [f for f in os.listdir(tmp_path) if f.startswith('events.')]  # no TensorBoard
+    assert outcome.train_images == sum(sizes) == engine.throughput.images
+    assert set(outcome.train_summary) >= {'loss', 'loss_global', 'reg_local'}
+    assert outcome.results['synthreid_tiny'].rank(1) == engine.rank1
+
+
+def test_a_model_returning_another_number_of_heads_than_it_names_is_an_error(datamanager):
+    engine = _engine(datamanager)
+    logits = torch.zeros(4, datamanager.num_train_pids)
+    with pytest.raises(ValueError, match=r"names 2 losses \('global', 'local'\) but returned 3"):
+        engine.identity_losses((logits, logits, logits), torch.zeros(4, dtype=torch.long))

@@ -34,6 +34,16 @@ def test_every_variant_builds_through_torchreid(name):
     assert feat.shape == (2, FEATURE_DIMS[name])
 
 
+@pytest.mark.parametrize('name', sorted(MODELS))
+def test_the_stem_stride_in_the_metadata_is_the_models(name):
+    # The config check of data.height against num_stripes reads it from the metadata.
+    model = MODELS[name](7, pretrained=False).eval()
+    stem = next(m for m in model.modules() if isinstance(m, jlml_module.Stem))
+    x = _input(name, 1)
+    with torch.no_grad():
+        assert x.shape[-2] // stem(x).shape[-2] == default_cfgs[name]['stem_stride']
+
+
 @pytest.mark.parametrize('name', sorted(set(MODELS) - {'jlml_resnet50'}))
 @pytest.mark.parametrize('loss', ['softmax', 'triplet'])
 def test_training_outputs(name, loss):

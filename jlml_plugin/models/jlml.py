@@ -455,7 +455,7 @@ def jlml_independent(num_classes: int, loss: str = 'softmax', pretrained: bool =
                         shared_stem=False, **kwargs)
 
 
-@register_variant(input_size=(3, 256, 128),
+@register_variant(input_size=(3, 256, 128), arch_from_config=False,  # torchvision's trunk
                   pretrained_url='torchvision ResNet50_Weights.IMAGENET1K_V1')
 def jlml_resnet50(num_classes: int, loss: str = 'softmax', pretrained: bool = False,
                   use_gpu: bool = True, **kwargs) -> JLML:

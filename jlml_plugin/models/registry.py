@@ -16,17 +16,20 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 #: Every registered builder, by torchreid model name.
 MODELS: Dict[str, Callable] = {}
 #: Each builder's metadata: input size, normalisation, test feature size, number of
-#: identity classifiers (one loss each), pretrained weights and where they come from.
+#: identity classifiers (one loss each), the stem's stride (each stripe's height in
+#: pixels must be a multiple of it), whether the config's ``jlml`` tower keys
+#: (``ARCH_KEYS``) shape it, pretrained weights and where they come from.
 default_cfgs: Dict[str, dict] = {}
 
 
 def register_variant(**metadata) -> Callable[[Callable], Callable]:
     """Registers the decorated builder under its function name; ``metadata`` overrides
-    the defaults (160x64 input, ImageNet mean/std, 1024-D feature, 2 classifiers, no
-    pretrained weights). The builder must take torchreid's signature
+    the defaults (160x64 input, ImageNet mean/std, 1024-D feature, 2 classifiers, stem
+    stride 4, towers from the config, no pretrained weights). The builder must take torchreid's signature
     ``(num_classes, loss='softmax', pretrained=..., use_gpu=..., **kwargs)``."""
     cfg = dict(input_size=(3, 160, 64), mean=IMAGENET_MEAN, std=IMAGENET_STD,
-               feature_dim=1024, classifiers=2, distance='euclidean', pretrained_url='',
+               feature_dim=1024, classifiers=2, distance='euclidean', stem_stride=4,
+               arch_from_config=True, pretrained_url='',
                paper='arXiv:1705.04724')
     cfg.update(metadata)
 

@@ -1,0 +1,93 @@
+"""One target's evaluation: features of query and gallery, distances, the exact evaluator.
+
+:class:`~jlml_plugin.engine.JLMLEngine` calls :func:`evaluate_target` for each target;
+the features come from the engine's ``extract_features`` (fp32, whatever the training
+precision). Distances are torchreid's, re-ranking is torchreid's, and the ranking metrics
+are :func:`jlml_plugin.metrics.evaluate_rank` (exact ties, with mINP).
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from . import _torchreid as _tr
+from .metrics import RankResult, evaluate_rank
+from .progress import Progress
+
+__all__ = ['extract_all', 'evaluate_target', 'print_result', 'draw_ranked_lists',
+           'SINGLE_SHOT_RANKS']
+
+#: The ranks reported for the single-gallery-shot CMC.
+SINGLE_SHOT_RANKS = (1, 5, 10, 20)
+
+
+@torch.no_grad()
+def extract_all(loader, extract: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
+                what: str) -> Tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """Features, identities and cameras of every image in ``loader``, with progress."""
+    feats, pids, camids = [], [], []
+    bar = Progress(len(loader), f'extracting {what} features', every=max(len(loader) // 4, 1),
+                   unit='batch')
+    for data in loader:
+        feats.append(extract(data['img'].to(device, non_blocking=True)).cpu())
+        pids.append(data['pid'])
+        camids.append(data['camid'])
+        bar.update()
+    bar.close()
+    return torch.cat(feats), torch.cat(pids).numpy(), torch.cat(camids).numpy()
+
+
+def evaluate_target(name: str, loaders, extract: Callable[[torch.Tensor], torch.Tensor],
+                    device: torch.device, dist_metric: str = 'euclidean',
+                    normalize_feature: bool = False, rerank: bool = False,
+                    ranks: Sequence[int] = (1, 5, 10, 20), use_metric_cuhk03: bool = False,
+                    single_shot: bool = False) -> Tuple[RankResult, np.ndarray]:
+    """Evaluates target ``name`` (``loaders``: its ``query`` and ``gallery`` loaders) and
+    prints the result; returns it with the distance matrix. ``single_shot`` adds
+    torchreid's cuhk03 metric (one gallery image per identity, 10 draws) to
+    ``result.extra``."""
+    print(f'##### Evaluating {name} #####')
+    qf, q_pids, q_camids = extract_all(loaders['query'], extract, device, 'query')
+    gf, g_pids, g_camids = extract_all(loaders['gallery'], extract, device, 'gallery')
+    if normalize_feature:
+        qf, gf = F.normalize(qf, p=2, dim=1), F.normalize(gf, p=2, dim=1)
+    distmat = _tr.metrics.compute_distance_matrix(qf, gf, dist_metric).numpy()
+    if rerank:
+        print('Applying person re-ranking ...')
+        distmat = _tr.utils.re_ranking(
+            distmat, _tr.metrics.compute_distance_matrix(qf, qf, dist_metric).numpy(),
+            _tr.metrics.compute_distance_matrix(gf, gf, dist_metric).numpy())
+    result = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids,
+                           max_rank=max(50, *ranks), use_metric_cuhk03=use_metric_cuhk03)
+    if single_shot and not use_metric_cuhk03:
+        single = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids,
+                               use_metric_cuhk03=True)
+        result.extra.update({f'single_shot_rank{r}': single.rank(r) for r in SINGLE_SHOT_RANKS})
+    print_result(name, result, ranks,
+                 f'{qf.size(0)} query x {gf.size(0)} gallery, {qf.size(1)}-D features')
+    return result, distmat
+
+
+def print_result(name: str, result: RankResult, ranks: Sequence[int], shape: str) -> None:
+    """torchreid's result block (mAP, CMC), plus mINP and the single-shot CMC if any."""
+    print(f'** Results ({name}: {shape}) **')
+    print(f'mAP: {result.mAP:.1%}  mINP: {result.mINP:.1%}')
+    print('CMC curve')
+    for r in ranks:
+        print(f'Rank-{r:<3}: {result.rank(r):.1%}')
+    if 'single_shot_rank1' in result.extra:
+        print('Single-shot (one gallery image per identity, 10 draws): ' + ', '.join(
+            f'Rank-{r} {result.extra[f"single_shot_rank{r}"]:.1%}' for r in SINGLE_SHOT_RANKS))
+
+
+def draw_ranked_lists(distmat: np.ndarray, datamanager, name: str, save_dir: str,
+                      topk: int) -> None:
+    """torchreid's ranked-list images (``test.visrank``) in ``save_dir/visrank_<name>``."""
+    _tr.utils.visualize_ranked_results(
+        distmat, datamanager.fetch_test_loaders(name), datamanager.data_type,
+        width=datamanager.width, height=datamanager.height,
+        save_dir=os.path.join(save_dir, 'visrank_' + name), topk=topk)

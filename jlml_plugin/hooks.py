@@ -1,0 +1,144 @@
+"""What the training loop does besides training, one hook per concern (fast-reid's hooks).
+
+:class:`~jlml_plugin.engine.JLMLEngine` calls each hook, in order, at these points:
+
+    before_train(engine, save_dir)      once, before the first epoch
+    before_epoch(engine)                before each epoch (``engine.num_batches`` is set)
+    after_step(engine, losses, images, seconds)
+                                        after every training step (``losses``: the
+                                        epoch's running means; ``images``: on all ranks)
+    after_epoch(engine, summary)        after each epoch's steps (``summary``: the
+                                        epoch's mean losses), before any evaluation
+    after_eval(engine, results)         after each evaluation (results per target)
+    after_train(engine)                 once, at the end
+
+A hook overrides only what it needs. Each can be left out of ``JLMLEngine(hooks=...)``
+alone, and tested alone.
+"""
+from __future__ import annotations
+
+import datetime
+from typing import Any, Dict
+
+from torch.utils.tensorboard import SummaryWriter
+
+from .progress import Progress
+
+__all__ = ['Hook', 'Throughput', 'ProgressLog', 'TensorBoardLog', 'format_losses']
+
+
+class Hook:
+    def before_train(self, engine, save_dir: str) -> None:
+        pass
+
+    def before_epoch(self, engine) -> None:
+        pass
+
+    def after_step(self, engine, losses: Dict[str, float], images: int, seconds: float) -> None:
+        pass
+
+    def after_epoch(self, engine, summary: Dict[str, float]) -> None:
+        pass
+
+    def after_eval(self, engine, results: Dict[str, Any]) -> None:
+        pass
+
+    def after_train(self, engine) -> None:
+        pass
+
+
+def format_losses(summary: Dict[str, float]) -> str:
+    return ' '.join(f'{name} {value:.3f}' for name, value in summary.items())
+
+
+class Throughput(Hook):
+    """Training images and seconds (steps only, no evaluation), kept across resumes: the
+    engine saves :meth:`state_dict` in every checkpoint as ``counters``."""
+
+    def __init__(self) -> None:
+        self.images, self.seconds = 0, 0.0
+
+    def after_step(self, engine, losses, images, seconds) -> None:
+        self.images += images
+        self.seconds += seconds
+
+    @property
+    def per_second(self) -> float:
+        return self.images / self.seconds if self.seconds else 0.0
+
+    def state_dict(self) -> Dict[str, Any]:
+        return dict(train_images=self.images, train_seconds=self.seconds)
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.images = int(state.get('train_images', 0))
+        self.seconds = float(state.get('train_seconds', 0.0))
+
+
+class ProgressLog(Hook):
+    """A progress bar with the epoch's and the whole run's time left (a plain line every
+    ``engine.print_freq`` steps in a log file), and one line per epoch with its mean
+    losses and images/s. Silent off rank 0."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.bar, self.images, self.seconds = None, 0, 0.0
+
+    def before_epoch(self, engine) -> None:
+        self.bar = Progress(engine.num_batches, f'epoch {engine.epoch + 1}/{engine.max_epoch}',
+                            every=engine.print_freq, enabled=self.enabled, unit='batch')
+        self.images, self.seconds = 0, 0.0
+
+    def after_step(self, engine, losses, images, seconds) -> None:
+        self.images += images
+        self.seconds += seconds
+        steps_left = (engine.num_batches - engine.batch_idx - 1
+                      + (engine.max_epoch - engine.epoch - 1) * engine.num_batches)
+        eta = datetime.timedelta(seconds=int(self.seconds / self.bar.count * steps_left
+                                             if self.bar.count else 0))
+        self.bar.update(1, f'{format_losses(losses)} '
+                           f'lr {engine.get_current_lr():.2e} total-eta {eta}')
+
+    def after_epoch(self, engine, summary) -> None:
+        self.bar.close()
+        if self.enabled:
+            rate = self.images / self.seconds if self.seconds else 0.0
+            print(f'epoch {engine.epoch + 1}/{engine.max_epoch}: {format_losses(summary)} lr '
+                  f'{engine.get_current_lr():.2e} | {rate:.1f} img/s, '
+                  f'{datetime.timedelta(seconds=int(self.seconds))}')
+
+
+class TensorBoardLog(Hook):
+    """TensorBoard scalars in ``save_dir``: ``Train/<loss>`` (running means), ``Train/lr``
+    and ``Train/time`` every step, ``Test/<target>/{rank1,mAP,mINP}`` per evaluation."""
+
+    def __init__(self) -> None:
+        self.writer, self.seconds = None, 0.0
+
+    def before_train(self, engine, save_dir) -> None:
+        self.writer = SummaryWriter(log_dir=save_dir)
+
+    def before_epoch(self, engine) -> None:
+        self.seconds = 0.0
+
+    def after_step(self, engine, losses, images, seconds) -> None:
+        if self.writer is None:
+            return
+        n_iter = engine.epoch * engine.num_batches + engine.batch_idx
+        self.seconds += seconds
+        self.writer.add_scalar('Train/time', self.seconds / (engine.batch_idx + 1), n_iter)
+        for name, value in losses.items():
+            self.writer.add_scalar('Train/' + name, value, n_iter)
+        self.writer.add_scalar('Train/lr', engine.get_current_lr(), n_iter)
+
+    def after_eval(self, engine, results) -> None:
+        if self.writer is None:
+            return
+        for name, result in results.items():
+            for metric, value in (('rank1', result.rank(1)), ('mAP', result.mAP),
+                                  ('mINP', result.mINP)):
+                self.writer.add_scalar(f'Test/{name}/{metric}', value, engine.epoch)
+
+    def after_train(self, engine) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
