@@ -46,3 +46,9 @@ def exclusive_lock(path: str, wait: bool = True) -> Iterator[bool]:
                 yield False
                 return
         yield True
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """Writes ``text`` to ``path`` atomically (:func:`atomic_open`)."""
+    with atomic_open(path, 'w') as f:
+        f.write(text)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import difflib
 import os
+from importlib import resources
 from typing import Any, Dict, Iterable, List, Optional
 
 import torch
@@ -21,7 +22,8 @@ from yacs.config import CfgNode as CN
 from .errors import ConfigError
 from .regularizers import LAMBDA_GLOBAL, LAMBDA_LOCAL
 
-__all__ = ['JLMLConfig', 'get_default_config', 'add_jlml_config', 'get_cfg', 'load_config', 'merge_dict',
+__all__ = ['JLMLConfig', 'get_default_config', 'add_jlml_config', 'get_cfg', 'shipped_config',
+           'load_config', 'merge_dict',
            'merge_values', 'flatten', 'flat_keys',
            'imagedata_kwargs', 'optimizer_kwargs', 'lr_scheduler_kwargs', 'engine_run_kwargs']
 
@@ -197,6 +199,17 @@ def add_jlml_config(cfg: CN) -> CN:
     cfg.dist.lr_reference_batch = 0  # linear LR scaling: lr x batch_size / this (0 = off);
     #                                  train.batch_size is the global batch, split across ranks
     return cfg
+
+
+def shipped_config(relative: str) -> str:
+    """The path of a config that ships with the plugin, e.g. ``'leaderboard/cuhk01.yaml'``:
+    ``configs/`` beside the package in a source tree (also on ``PYTHONPATH`` alone, as on
+    the GPU machine), ``jlml_plugin.configs`` once installed."""
+    source = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          'configs', relative)
+    if os.path.isfile(source):
+        return source
+    return str(resources.files('jlml_plugin.configs').joinpath(*relative.split('/')))
 
 
 def get_cfg() -> JLMLConfig:

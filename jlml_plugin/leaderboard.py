@@ -31,7 +31,7 @@ import yaml
 
 from . import report
 from ._cli import Tee, command_parser, main_wrapper
-from ._files import exclusive_lock
+from ._files import atomic_write_text, exclusive_lock
 from .config import config_chain, flatten, get_cfg, merge_dict, merge_values
 from .data.cuhk01 import NUM_SPLITS as CUHK01_SPLITS
 from .errors import ConfigError
@@ -141,7 +141,7 @@ def protocol_hash(spec: Dict[str, Any]) -> str:
 def _check_writable(folder: str) -> None:
     try:
         os.makedirs(folder, exist_ok=True)
-        report.atomic_write_text(os.path.join(folder, '.write-test'), 'ok')
+        atomic_write_text(os.path.join(folder, '.write-test'), 'ok')
         os.remove(os.path.join(folder, '.write-test'))
     except OSError as exc:
         raise ConfigError(f'cannot write to the results folder {folder}: {exc.strerror or exc}') from exc
@@ -187,7 +187,7 @@ def run_leaderboard(config: str, root: str = '', output: str = '', only: Optiona
             print(f'  would run {run.key} ({run.model})')
         return report.summarize(report.load_records(output))
     env = report.environment()
-    report.atomic_write_text(os.path.join(output, 'environment.json'), json.dumps(env, indent=1))
+    atomic_write_text(os.path.join(output, 'environment.json'), json.dumps(env, indent=1))
     for index, run in enumerate(todo, 1):
         cfg = configs[run.key]
         # Runners may share a leaderboard: each claims a run and re-reads what is finished

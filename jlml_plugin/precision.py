@@ -15,7 +15,7 @@ import torch
 
 from .errors import ConfigError, NonFiniteLossError
 
-__all__ = ['AMP_MODES', 'MAX_SKIPPED_STEPS', 'MixedPrecision', 'NonFiniteGuard']
+__all__ = ['AMP_MODES', 'MAX_SKIPPED_STEPS', 'check_amp', 'MixedPrecision', 'NonFiniteGuard']
 
 AMP_MODES = {'off': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 #: With fp16, this many non-finite losses in a row (each step skipped by GradScaler) stop
@@ -23,13 +23,18 @@ AMP_MODES = {'off': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 MAX_SKIPPED_STEPS = 20
 
 
+def check_amp(mode: str) -> None:
+    """The one check of ``train.amp`` (the runner's config check and the engine share it)."""
+    if mode not in AMP_MODES:
+        raise ConfigError(f'train.amp must be one of {list(AMP_MODES)}, got {mode!r}')
+
+
 class MixedPrecision:
     """``train.amp``: ``'off'``, ``'bf16'`` (autocast) or ``'fp16'`` (autocast and a
     ``GradScaler``)."""
 
     def __init__(self, mode: str, device_type: str) -> None:
-        if mode not in AMP_MODES:
-            raise ConfigError(f'train.amp must be one of {list(AMP_MODES)}, got {mode!r}')
+        check_amp(mode)
         self.mode, self.device_type, self.dtype = mode, device_type, AMP_MODES[mode]
         self.scaler = torch.amp.GradScaler(device_type) if mode == 'fp16' else None
 

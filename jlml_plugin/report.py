@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 from . import _torchreid
-from ._files import atomic_open, exclusive_lock
+from ._files import atomic_open, atomic_write_text, exclusive_lock
 
 __all__ = ['environment', 'load_records', 'append_record', 'summarize', 'write_report', 'plot_cmc',
-           'markdown_table', 'per_split_table', 'atomic_write_text']
+           'markdown_table', 'per_split_table']
 
 RECORDS = 'results.jsonl'
 CSV_FIELDS = ['label', 'model', 'split_id', 'rank1', 'rank5', 'rank10', 'rank20', 'mAP', 'mINP',
@@ -30,11 +30,6 @@ CSV_FIELDS = ['label', 'model', 'split_id', 'rank1', 'rank5', 'rank10', 'rank20'
               'wall_seconds', 'finished_at']
 METRICS = ['rank1', 'rank5', 'rank10', 'rank20', 'mAP', 'mINP', 'single_shot_rank1',
            'train_images_per_s', 'wall_seconds']
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    with atomic_open(path, 'w') as f:
-        f.write(text)
 
 
 def load_records(folder: str) -> List[Dict[str, Any]]:

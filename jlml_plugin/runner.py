@@ -28,13 +28,14 @@ from .data import check_datasets
 from .distributed import (DistInfo, barrier, distributed_train_loader, init_from_env,
                           launched_by_torchrun, per_rank_batch)
 from .engine import JLMLEngine, JLMLTripletEngine
-from .precision import AMP_MODES
+from .precision import check_amp
 from .errors import ConfigError
 from .metrics import RankResult
 from .models import MODELS, default_cfgs
 from .models.jlml import ARCH_KEYS
 from .regularizers import REGULARIZERS, SparsityHook, SparsityTerm
-from .report import atomic_write_text, environment
+from ._files import atomic_write_text
+from .report import environment
 
 __all__ = ['validate', 'build_datamanager', 'build_model', 'build_regularizer', 'place_model',
            'build_engine', 'record_run', 'train', 'RunResult',
@@ -62,7 +63,7 @@ def validate(cfg: CN, check_data: bool = True) -> None:
     _one_of('sampler.train_sampler', cfg.sampler.train_sampler, _tr.available_samplers())
     _one_of('train.optim', cfg.train.optim, _tr.available_optimizers())
     _one_of('train.lr_scheduler', cfg.train.lr_scheduler, _tr.available_schedulers())
-    _one_of('train.amp', cfg.train.amp, list(AMP_MODES))
+    check_amp(cfg.train.amp)
     _one_of('dist.backend', cfg.dist.backend, ['auto', 'nccl', 'gloo'])
     _one_of('test.dist_metric', cfg.test.dist_metric, ['euclidean', 'cosine'])
     for name in ('reg_global', 'reg_local'):

@@ -16,12 +16,11 @@ import argparse
 import os
 import re
 import sys
-from importlib import resources
 from typing import List, Optional, Tuple
 
 from . import _torchreid
 from ._cli import command_parser, log_to, main_wrapper
-from .config import flat_keys, get_cfg, load_config
+from .config import flat_keys, get_cfg, load_config, shipped_config
 from .distributed import shutdown
 from .runner import train, validate
 
@@ -87,8 +86,7 @@ def config_from_args(argv: List[str]):
         config_file = args.config_file
         cfg = load_config(config_file)
     else:
-        with resources.as_file(resources.files('jlml_plugin.configs') / DEFAULT_CONFIG) as path:
-            cfg = load_config(str(path))
+        cfg = load_config(shipped_config(DEFAULT_CONFIG))
     if args.root:
         cfg.data.root = args.root
     for key in ('sources', 'targets', 'transforms'):

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from jlml_plugin import bench
+from jlml_plugin import bench, timing
 from jlml_plugin.engine import JLMLEngine
 
 
@@ -61,7 +61,7 @@ def test_speed_times_the_engines_own_training_step(monkeypatch, tmp_path):
         return original(self, data)
 
     monkeypatch.setattr(JLMLEngine, 'forward_backward', counted)
-    bench.speed(['jlml', 'osnet_x0_25'], 32, 16, 2, warmup=1, repeats=2, iters=1,
+    timing.speed(['jlml', 'osnet_x0_25'], 32, 16, 2, warmup=1, repeats=2, iters=1,
                 reference='osnet_x0_25')
     # warm-up + repeats, per model; JLML's step carries its sparsity terms
     assert sorted(set(calls)) == [('JLML', True), ('OSNet', False)]

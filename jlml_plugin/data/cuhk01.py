@@ -32,7 +32,10 @@ NUM_TRAIN_IDS = 485
 NUM_VAL_IDS = 100
 NUM_PARTITIONS = 10
 NUM_SPLITS = 2 * NUM_PARTITIONS
-LAYOUT = '<root>/cuhk01/campus/NNNNIII.png (971 identities NNNN = 0001-0971, images III = 001-004)'
+LAYOUT = ('<root>/cuhk01/campus/NNNNIII.png (971 identities NNNN = 0001-0971, images III = '
+          '001-004; .jpg as well, e.g. the GPU kit\'s copy)')
+#: Image files read from the campus folder: the original PNGs, or a JPEG copy.
+SUFFIXES = ('.png', '.jpg')
 
 
 def _shuffled(index: int) -> List[int]:
@@ -100,7 +103,7 @@ class CUHK01(_torchreid.data.ImageDataset):
         self.root = os.path.abspath(os.path.expanduser(root))
         self.dataset_dir = os.path.join(self.root, self.dataset_dir)
         self.campus_dir = os.path.join(self.dataset_dir, 'campus')
-        names = (sorted(n for n in os.listdir(self.campus_dir) if n.endswith('.png'))
+        names = (sorted(n for n in os.listdir(self.campus_dir) if n.endswith(SUFFIXES))
                  if os.path.isdir(self.campus_dir) else [])
         if len(names) != NUM_IDS * 4:
             raise DataError(f'cuhk01_seeded: expected {NUM_IDS * 4} images in {self.campus_dir}, '

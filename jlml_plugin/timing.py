@@ -1,0 +1,204 @@
+"""Timings behind ``jlml-bench`` and the GPU kit: training and inference speed (the engine's
+own step), the train loader, the evaluator, and torch.profiler's hot spots. Each returns
+plain data; :mod:`jlml_plugin.bench` prints and writes it.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from types import SimpleNamespace
+from typing import Callable, Dict, List
+
+import numpy as np
+import torch
+
+from . import _torchreid
+from .engine import JLMLEngine
+from .errors import ConfigError
+from .metrics import evaluate_rank
+from .models import MODELS
+from .models.reference import LoopedLocalBranch
+from .precision import AMP_MODES
+from .regularizers import jlml_sparsity
+
+__all__ = ['build_bench_model', 'time_call', 'speed', 'loader_speed', 'evaluator_speed', 'profile']
+
+_tr = _torchreid
+
+
+def build_bench_model(name: str, num_classes: int) -> torch.nn.Module:
+    """A model by torchreid name; ``jlml@looped`` runs JLML's stripes in a Python loop."""
+    base, _, variant = name.partition('@')
+    if variant not in ('', 'looped') or (variant and base not in MODELS):
+        raise ConfigError(f'unknown model variant {name!r}; only JLML models take @looped')
+    if base not in _tr.model_factory():
+        raise ConfigError(f'unknown model {base!r}; choose from: '
+                          f'{", ".join(sorted(_tr.model_factory()))}')
+    model = _tr.models.build_model(base, num_classes, pretrained=False, use_gpu=False)
+    if variant == 'looped':
+        model.local_branch = LoopedLocalBranch(model.local_branch)
+    return model
+
+
+def time_call(fn: Callable[[], None], device: torch.device) -> float:
+    if device.type == 'cuda':
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device.type == 'cuda':
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def _engine(model: torch.nn.Module, num_classes: int, amp: str,
+            channels_last: bool) -> JLMLEngine:
+    """The engine ``jlml-train`` would run the model with: identity losses as named by the
+    model, JLML's sparsity terms and their proximal step, AMP. Only its training step is
+    used, so it needs no data: a stand-in data manager gives the class count."""
+    data = SimpleNamespace(train_loader=None, test_loader=None, num_train_pids=num_classes)
+    regularizer = jlml_sparsity(model) if hasattr(model, 'sparsity_params') else None
+    engine = JLMLEngine(data, model, torch.optim.Adam(model.parameters(), lr=3e-4),
+                        use_gpu=next(model.parameters()).is_cuda, regularizer=regularizer,
+                        amp=amp, channels_last=channels_last)
+    engine.epoch = engine.batch_idx = 0
+    return engine
+
+
+def speed(models: List[str], height: int, width: int, batch: int, warmup: int = 2,
+          repeats: int = 5, iters: int = 3, reference: str = 'resnet50',
+          device: str = 'cpu', channels_last: bool = False, amp: str = 'off',
+          num_classes: int = 751) -> Dict[str, Dict]:
+    """Training and inference images/s of each model; see the module docstring. A training
+    step is the engine's own ``forward_backward`` (the one ``jlml-train`` runs)."""
+    dev = torch.device(device)
+    dtype = AMP_MODES[amp]
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn(batch, 3, height, width, generator=gen).to(dev, memory_format=fmt)
+    batch_data = {'img': images, 'pid': torch.randint(0, num_classes, (batch,), generator=gen)}
+    setups = {}
+    cuda = dev.type == 'cuda'
+    for name in models:
+        if cuda:  # this model's own peak: what it adds to the models already set up
+            torch.cuda.reset_peak_memory_stats(dev)
+            held = torch.cuda.memory_allocated(dev)
+        model = build_bench_model(name, num_classes)
+        params, flops = _tr.utils.compute_model_complexity(model, (1, 3, height, width))
+        model = model.to(dev, memory_format=fmt)
+        engine = _engine(model, num_classes, amp, channels_last)
+
+        def train_step(model=model, engine=engine):
+            model.train()
+            for _ in range(iters):
+                engine.forward_backward(batch_data)
+
+        @torch.no_grad()
+        def infer_step(model=model):
+            model.eval()
+            for _ in range(iters):
+                with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
+                    model(images)
+
+        setups[name] = dict(train=train_step, infer=infer_step, params=params, flops=flops)
+        for _ in range(warmup):
+            train_step()
+            infer_step()
+        # Peak GPU memory of the weights, optimizer state and the warm-up's training and
+        # inference steps (None on the CPU).
+        setups[name]['peak_mb'] = ((torch.cuda.max_memory_allocated(dev) - held) / 2**20
+                                   if cuda else None)
+    times = {name: {'train': [], 'infer': []} for name in models}
+    for _ in range(repeats):
+        for name in models:  # interleaved: drift hits every model alike
+            for mode in ('train', 'infer'):
+                times[name][mode].append(time_call(setups[name][mode], dev))
+    results = {}
+    for name in models:
+        median = {mode: statistics.median(times[name][mode]) for mode in ('train', 'infer')}
+        results[name] = dict(
+            train_images_per_s=batch * iters / median['train'],
+            infer_images_per_s=batch * iters / median['infer'],
+            params=setups[name]['params'], gflops=setups[name]['flops'] / 1e9,
+            peak_memory_mb=setups[name]['peak_mb'], seconds=times[name])
+    if reference in results:
+        for row in results.values():
+            row['train_ratio'] = row['train_images_per_s'] / results[reference]['train_images_per_s']
+            row['infer_ratio'] = row['infer_images_per_s'] / results[reference]['infer_images_per_s']
+    return results
+
+
+def loader_speed(root: str, dataset: str, height: int, width: int, batch: int,
+                 workers: List[int], transforms: List[str], batches: int = 40) -> Dict[str, float]:
+    """Images/s of torchreid's train loader alone, per ``data.workers`` setting."""
+    out = {}
+    for n in workers:
+        dm = _tr.data.ImageDataManager(root=root, sources=dataset, height=height, width=width,
+                                       transforms=transforms, batch_size_train=batch,
+                                       workers=n, use_gpu=False)
+        loader = iter(dm.train_loader)
+        next(loader)  # worker start-up is not throughput
+        count, start = 0, time.perf_counter()
+        for _ in range(min(batches, len(dm.train_loader) - 1)):
+            count += len(next(loader)['img'])
+        out[str(n)] = count / (time.perf_counter() - start)
+    return out
+
+
+def evaluator_speed(queries: int, gallery: int, ids: int, cams: int, repeats: int = 3,
+                    include_python: bool = True) -> Dict[str, Dict]:
+    """Seconds per evaluation of a random ``queries x gallery`` problem, per evaluator."""
+    rng = np.random.default_rng(0)
+    problem = (rng.random((queries, gallery)).astype(np.float32), rng.integers(0, ids, queries),
+               rng.integers(0, ids, gallery), rng.integers(0, cams, queries),
+               rng.integers(0, cams, gallery))
+    def plugin():
+        result = evaluate_rank(*problem)
+        return result.cmc, result.mAP
+
+    evaluators = {'jlml_plugin': plugin}
+    if include_python:
+        python = _tr.reference_evaluators()['market1501']
+        evaluators['torchreid_python'] = lambda: python(*problem, 50)
+    cython = _tr.cython_evaluator()
+    if cython is not None:
+        evaluators['torchreid_cython'] = lambda: cython(*problem, 50, False)
+    seconds = {name: [] for name in evaluators}
+    outputs = {}
+    for _ in range(repeats):
+        for name, fn in evaluators.items():
+            start = time.perf_counter()
+            outputs[name] = fn()
+            seconds[name].append(time.perf_counter() - start)
+    ours = outputs['jlml_plugin']
+    out = {}
+    for name, runs in seconds.items():
+        cmc, mAP = outputs[name]
+        # Random float32 distances can tie, and tie order differs between evaluators.
+        difference = max(float(np.abs(np.asarray(cmc[:50]) - ours[0][:50]).max()),
+                         abs(float(mAP) - ours[1]))
+        out[name] = dict(seconds=statistics.median(runs), runs=runs, mAP=float(mAP),
+                         rank1=float(cmc[0]), max_abs_difference_to_plugin=difference)
+    for row in out.values():
+        row['speedup_of_jlml_plugin'] = row['seconds'] / out['jlml_plugin']['seconds']
+    return out
+
+
+def profile(model_name: str, height: int, width: int, batch: int, steps: int = 3,
+            channels_last: bool = False, rows: int = 15) -> str:
+    """torch.profiler's operator table (by self CPU time) for ``steps`` of the engine's
+    training step."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = build_bench_model(model_name, 751).to(memory_format=fmt).train()
+    engine = _engine(model, 751, 'off', channels_last)
+    batch_data = {'img': torch.randn(batch, 3, height, width).to(memory_format=fmt),
+                  'pid': torch.randint(0, 751, (batch,))}
+
+    def step():
+        engine.forward_backward(batch_data)
+
+    step()  # warm-up: kernel selection is not steady-state time
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    return prof.key_averages().table(sort_by='self_cpu_time_total', row_limit=rows)
