@@ -94,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     gp.add_argument('--data-root', default='.gpukit/reid-data',
                     help='folder holding cuhk01/campus (the JPEG copy gpu-pack makes)')
     gp.add_argument('--budget', type=int, default=0,
-                    help='seconds for the whole kit (0: 540 on a GPU, 110 with --smoke)')
+                    help='seconds for the whole kit, the board cut at the end (0: 540 on a GPU, '
+                         'no limit with --smoke)')
     gp.add_argument('--steps', default='speed,ddp,board')
     kp = sub.add_parser('gpu-pack', help='wheels and a JPEG CUHK01 copy for the GPU machine')
     kp.add_argument('--data-root', required=True, help='folder holding cuhk01/campus (PNGs)')

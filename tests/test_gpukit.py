@@ -74,3 +74,13 @@ def test_pack_without_the_pngs_names_the_folder(tmp_path, capsys):
     assert bench.main(['gpu-pack', '--data-root', str(tmp_path), '--no-wheels',
                        '--output', str(tmp_path / 'kit')]) == 2
     assert 'no CUHK01 PNGs in' in capsys.readouterr().err
+
+
+def test_the_board_stops_at_the_budget_and_says_which_runs_it_cut(tmp_path):
+    out = tmp_path / 'kit'
+    assert bench.main(['gpu', '--smoke', '--output', str(out), '--steps', 'board',
+                       '--budget', '1']) == 0
+    board = json.loads((out / 'gpu_kit.json').read_text())['board']
+    assert [board[m]['status'] for m in gpukit.SMOKE_PLAN.board_models] == [
+        'cut: out of time', 'not run', 'not run']
+    assert json.loads((out / 'gpu_kit.json').read_text())['speed'] == {}
