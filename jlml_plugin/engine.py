@@ -105,7 +105,7 @@ class JLMLEngine(_tr.engine.ImageSoftmaxEngine):
         self.meta = dict(meta or {})
         self.single_shot = single_shot
         self.main = is_main_process()
-        self.rank1 = 0.0  # the last evaluation's, as torchreid saves it in checkpoints
+        self.rank1 = 0.0  # the last evaluation's (last target's), saved in checkpoints
         self.throughput = Throughput()
         self.hooks: List[Hook] = [self.throughput, ProgressLog(enabled=self.main),
                                   *([TensorBoardLog()] if self.main else []), *(hooks or [])]
@@ -256,7 +256,7 @@ class JLMLEngine(_tr.engine.ImageSoftmaxEngine):
                 normalize_feature, rerank, ranks, use_metric_cuhk03, self.single_shot)
             if visrank:
                 draw_ranked_lists(distmat, self.datamanager, name, save_dir, visrank_topk)
-        self.rank1 = results[name].rank(1) if results else self.rank1
+        self.rank1 = list(results.values())[-1].rank(1) if results else self.rank1
         self._call_hooks('after_eval', results)
         barrier()
         return results

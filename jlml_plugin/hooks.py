@@ -93,8 +93,7 @@ class ProgressLog(Hook):
         self.seconds += seconds
         steps_left = (engine.num_batches - engine.batch_idx - 1
                       + (engine.max_epoch - engine.epoch - 1) * engine.num_batches)
-        eta = datetime.timedelta(seconds=int(self.seconds / self.bar.count * steps_left
-                                             if self.bar.count else 0))
+        eta = datetime.timedelta(seconds=int(self.seconds / (engine.batch_idx + 1) * steps_left))
         self.bar.update(1, f'{format_losses(losses)} '
                            f'lr {engine.get_current_lr():.2e} total-eta {eta}')
 
