@@ -24,7 +24,6 @@ one epoch) in well under two minutes; CI runs it so the kit cannot rot.
 """
 from __future__ import annotations
 
-import glob
 import json
 import os
 import shutil
@@ -38,9 +37,10 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 from ._files import atomic_write_text
+from .checkpoint import latest_checkpoint
 from .config import shipped_config
 from .errors import ConfigError, DataError, one_line
-from .report import environment
+from .report import environment, load_records
 from .timing import speed
 
 __all__ = ['KitPlan', 'GPU_PLAN', 'SMOKE_PLAN', 'run_kit', 'pack', 'WHEELS']
@@ -151,7 +151,7 @@ class KitReport:
                       '|---|---|---|---|---|---|']
             lines += [f'| {name} | {r["status"]} | {_pct(r.get("rank1"))} | {_pct(r.get("mAP"))} | '
                       f'{_pct(r.get("mINP"))} | {r.get("wall_seconds", 0) / 60:.1f} |'
-                      for name, r in self.board.items() if name != 'log_tail'] + ['']
+                      for name, r in self.board.items()] + ['']
         return '\n'.join(lines)
 
 
@@ -174,13 +174,11 @@ def speed_step(plan: KitPlan, report: KitReport) -> None:
                             repeats, iters, device=plan.device, amp=setting.amp)
             report.speed[setting.key] = dict(setting=asdict(setting), results=results,
                                              skipped=skipped)
+            done = ', '.join(f'{m} {r["train_images_per_s"]:.0f} img/s' for m, r in results.items())
         except Exception as exc:  # one setting failing (an fp16 overflow, OOM) ends no step
             report.speed[setting.key] = dict(setting=asdict(setting), error=one_line(exc))
-        print(f'[gpu kit] speed {setting.key}: '
-              + ', '.join(f'{m} {r["train_images_per_s"]:.0f} img/s'
-                          for m, r in report.speed[setting.key].get('results', {}).items())
-              + (f' error: {report.speed[setting.key]["error"]}'
-                 if 'error' in report.speed[setting.key] else ''), flush=True)
+            done = f'error: {one_line(exc)}'
+        print(f'[gpu kit] speed {setting.key}: {done}', flush=True)
 
 
 def _subprocess(cmd: List[str], timeout: float, log_path: str) -> Tuple[int, float]:
@@ -213,11 +211,9 @@ def ddp_step(plan: KitPlan, report: KitReport, data_root: str, workdir: str,
                *plan.ddp_opts, *extra]
         log = os.path.join(workdir, f'{name}.log')
         code, seconds = _subprocess(cmd, deadline - time.time(), log)
-        checkpoints = glob.glob(os.path.join(save_dir, 'model', 'model.pth.tar-*'))
-        rank1 = None
-        if code == 0 and checkpoints:
-            rank1 = torch.load(max(checkpoints, key=os.path.getmtime), map_location='cpu',
-                               weights_only=True)['rank1']
+        checkpoint = latest_checkpoint(save_dir) if code == 0 else None
+        rank1 = (torch.load(checkpoint, map_location='cpu', weights_only=True)['rank1']
+                 if checkpoint else None)
         report.ddp[name] = dict(returncode=code, seconds=seconds, rank1=rank1, log_tail=_tail(log))
         print(f'[gpu kit] {name}: exit {code} in {seconds:.0f} s, Rank-1 {_pct(rank1)}', flush=True)
 
@@ -233,31 +229,24 @@ def board_step(plan: KitPlan, report: KitReport, data_root: str, workdir: str, o
            '--config', shipped_config('leaderboard/' + plan.board_config),
            '--root', data_root, '--output', board_dir, '--only', ','.join(plan.board_models)]
     code, seconds = _subprocess(cmd, deadline - time.time(), log)
+    records = {r['label']: r for r in load_records(board_dir)}
     cut = False
     for model in plan.board_models:
-        row = _board_record(board_dir, model)
+        row = records.get(model)
         if row:
             report.board[model] = dict(status='done', **{k: row[k] for k in (
                 'rank1', 'mAP', 'mINP', 'epochs', 'train_images_per_s', 'wall_seconds')})
-        else:
-            status = 'not run' if cut else ('cut: out of time' if code == 124 else f'exit {code}')
-            report.board[model] = dict(status=status)
+        elif cut:
+            report.board[model] = dict(status='not run')
+        else:  # the run the leaderboard was on when it stopped: its log says why
+            status = 'cut: out of time' if code == 124 else f'exit {code}'
+            report.board[model] = dict(status=status, log_tail=_tail(log))
             cut = True
         print(f'[gpu kit] board {model}: {report.board[model]["status"]}, '
               f'R1 {_pct(row and row["rank1"])}', flush=True)
-    report.board['log_tail'] = _tail(log)
     for name in ('results.jsonl', 'leaderboard.md'):
         if os.path.isfile(os.path.join(board_dir, name)):
             shutil.copy(os.path.join(board_dir, name), os.path.join(output, f'board_{name}'))
-
-
-def _board_record(board_dir: str, label: str) -> Optional[Dict[str, Any]]:
-    path = os.path.join(board_dir, 'results.jsonl')
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    return next((r for r in rows if r['label'] == label), None)
 
 
 def run_kit(output: str, smoke: bool = False, data_root: str = '.gpukit/reid-data',
