@@ -180,7 +180,7 @@ def add_jlml_config(cfg: CN) -> CN:
     #                                 parameter works, e.g. 'fc.0.weight' on osnet
     cfg.jlml.reg_local = CN()       # R_l: structured sparsity on the local feature layer
     cfg.jlml.reg_local.kind = 'exclusive_group_lasso'   # L1,2, one group per stripe
-    cfg.jlml.reg_local.weight = LAMBDA_LOCAL            # lambda_l = 5e-5 (cuhk01_val; 0 = off)
+    cfg.jlml.reg_local.weight = LAMBDA_LOCAL            # lambda_l = 1.5e-4 (cuhk01_val; 0 = off)
     cfg.jlml.reg_local.param = ''   # '' = the model's local feature layer
     cfg.jlml.reg_local.groups = 0   # column groups; 0 = num_stripes on JLML models, else 1
 

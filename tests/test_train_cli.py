@@ -96,6 +96,20 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tiny_opts, tm
         assert torch.equal(a['state_dict'][key], b['state_dict'][key]), key
 
 
+def test_resume_refuses_a_checkpoint_trained_with_another_config(tiny_opts, tmp_path, capsys):
+    # A changed default (λ, say) must not finish an old run under the new config's name.
+    assert _run(['model.name', 'jlml', *tiny_opts], capsys)[0] == 0
+    code, _, err = _run(['model.name', 'jlml', *tiny_opts, 'jlml.reg_local.weight', '0.5',
+                         '--resume'], capsys)
+    assert code == 2
+    assert "jlml.reg_local.weight" in err and '0.5 now' in err and 'new data.save_dir' in err
+    # Where the data lives, the loader and what is evaluated may change.
+    code, out, err = _run(['model.name', 'jlml', *tiny_opts, 'data.root', tiny_opts[1] + '/',
+                           'test.ranks', '[1]', '--resume'], capsys)
+    assert code == 0, err
+    assert 'continuing at epoch 2' in out
+
+
 def test_keeps_only_the_newest_checkpoints(tiny_opts, tmp_path, capsys):
     opts = list(tiny_opts)
     opts[opts.index('train.max_epoch') + 1] = '3'
