@@ -231,6 +231,31 @@ def flat_keys(cfg: CN, prefix: str = '') -> Dict[str, Any]:
     return out
 
 
+#: Keys that say where and how a run executes, not what it trains: where the data and the
+#: run live, how images are loaded, the device, the log cadence and what is evaluated.
+#: A checkpoint or record may be reused across them; any other key makes another experiment.
+EXECUTION_KEYS = ('data.root', 'data.save_dir', 'data.workers', 'model.resume', 'use_gpu',
+                  'train.print_freq', 'test.')
+
+
+def trained_config(cfg: CN) -> Dict[str, Any]:
+    """The flat keys of ``cfg`` that decide what a run trains (all but ``EXECUTION_KEYS``)."""
+    return {k: v for k, v in flat_keys(cfg).items() if not k.startswith(EXECUTION_KEYS)}
+
+
+def config_changes(before: Dict[str, Any], after: Dict[str, Any]) -> List[str]:
+    """``'key X before, Y now'`` for each trained key whose value differs. A key only one side
+    has is taken as unchanged: keys added later keep the behaviour they were added with."""
+    return [f'{k} {before[k]!r} before, {v!r} now' for k, v in after.items()
+            if k in before and _as_list(before[k]) != _as_list(v)
+            and not k.startswith(EXECUTION_KEYS)]
+
+
+def _as_list(value: Any) -> Any:
+    """Lists and tuples compare equal (a config saved as JSON or YAML comes back as lists)."""
+    return [_as_list(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
 def _unknown_key(key: str, known: Iterable[str], where: str) -> ConfigError:
     close = difflib.get_close_matches(key, list(known), n=3, cutoff=0.6)
     hint = f'; did you mean {" or ".join(close)}?' if close else ''

@@ -25,14 +25,15 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
 from . import report
 from ._cli import Tee, command_parser, main_wrapper
 from ._files import atomic_write_text, exclusive_lock
-from .config import config_chain, flatten, get_cfg, merge_dict, merge_values
+from .config import (config_changes, config_chain, flatten, get_cfg, merge_dict, merge_values,
+                     trained_config)
 from .data.cuhk01 import NUM_SPLITS as CUHK01_SPLITS
 from .errors import ConfigError
 from .runner import train, validate
@@ -178,10 +179,14 @@ def run_leaderboard(config: str, root: str = '', output: str = '', only: Optiona
         except ConfigError as exc:
             raise ConfigError(f'{run.label}: {exc}') from exc
     _check_writable(output)
-    done = _finished_runs(output, fingerprint)
+    done, stale = _finished_runs(output, fingerprint, configs)
     todo = [r for r in runs if r.key not in done]
     print(f'Leaderboard {spec.get("name", config)}: {len(runs)} runs, {len(runs) - len(todo)} done, '
           f'{len(todo)} to go; results in {output}')
+    for run in todo:
+        if run.key in stale:
+            print(f'  {run.key}: its record trained another config ({"; ".join(stale[run.key])}); '
+                  f'it is rerun, and the record moves to {report.SUPERSEDED} when the new one lands')
     if dry_run:
         for run in todo:
             print(f'  would run {run.key} ({run.model})')
@@ -193,7 +198,7 @@ def run_leaderboard(config: str, root: str = '', output: str = '', only: Optiona
         # Runners may share a leaderboard: each claims a run and re-reads what is finished
         # under its claim, so they split the work and never train one run twice.
         with exclusive_lock(os.path.join(cfg.data.save_dir, '.claim'), wait=False) as claimed:
-            if not claimed or run.key in _finished_runs(output, fingerprint):
+            if not claimed or run.key in _finished_runs(output, fingerprint, configs)[0]:
                 print(f'\n[{index}/{len(todo)}] {run.key}: skipped, another runner '
                       f'{"is training" if not claimed else "has finished"} it')
                 continue
@@ -213,14 +218,25 @@ def _write_report(spec: Dict[str, Any], output: str, order: List[str], env: Dict
                                header=_header(spec, env))
 
 
-def _finished_runs(output: str, fingerprint: str) -> Dict[str, Dict[str, Any]]:
-    done = {}
+def _finished_runs(output: str, fingerprint: str, configs: Dict[str, Any]
+                   ) -> Tuple[Dict[str, Dict[str, Any]], Dict[str, List[str]]]:
+    """The recorded runs that stand, and the stale ones with what changed. A record is
+    stale when the config it trained (``config``) differs from what its entry trains now,
+    e.g. after a default changed; records from before records carried it are taken as
+    they are."""
+    done, stale = {}, {}
     for record in report.load_records(output):
         if record.get('protocol') != fingerprint:
             raise ConfigError(f'{output} holds results of another protocol ({record.get("protocol")}'
                               f' vs {fingerprint}); use a new output folder')
-        done[f'{record["label"]}/split{record["split_id"]}'] = record
-    return done
+        key = f'{record["label"]}/split{record["split_id"]}'
+        changes = (config_changes(record['config'], trained_config(configs[key]))
+                   if 'config' in record and key in configs else [])
+        if changes:
+            stale[key] = changes
+        else:
+            done[key] = record
+    return done, stale
 
 
 def _train_and_evaluate(cfg, run: Run, fingerprint: str, env: Dict[str, Any]) -> Dict[str, Any]:
@@ -241,7 +257,7 @@ def _train_and_evaluate(cfg, run: Run, fingerprint: str, env: Dict[str, Any]) ->
                 input=f'{cfg.data.height}x{cfg.data.width}', epochs=cfg.train.max_epoch,
                 train_images_per_s=result.train_images_per_second,
                 train_seconds=result.train_seconds, wall_seconds=result.wall_seconds,
-                train_summary=result.extra['train_summary'],
+                train_summary=result.extra['train_summary'], config=trained_config(cfg),
                 finished_at=time.strftime('%Y-%m-%dT%H:%M:%S'), env=env)
 
 

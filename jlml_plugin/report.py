@@ -25,6 +25,9 @@ __all__ = ['environment', 'load_records', 'append_record', 'summarize', 'write_r
            'markdown_table', 'per_split_table']
 
 RECORDS = 'results.jsonl'
+#: Where a run's earlier record goes when its rerun lands (the leaderboard reruns a run
+#: only when its record is stale).
+SUPERSEDED = 'superseded.jsonl'
 CSV_FIELDS = ['label', 'model', 'split_id', 'rank1', 'rank5', 'rank10', 'rank20', 'mAP', 'mINP',
               'single_shot_rank1', 'params', 'gflops', 'input', 'epochs', 'train_images_per_s', 'train_seconds',
               'wall_seconds', 'finished_at']
@@ -33,11 +36,7 @@ METRICS = ['rank1', 'rank5', 'rank10', 'rank20', 'mAP', 'mINP', 'single_shot_ran
 
 
 def load_records(folder: str) -> List[Dict[str, Any]]:
-    path = os.path.join(folder, RECORDS)
-    if not os.path.isfile(path):
-        return []
-    with open(path, encoding='utf-8') as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return _read_jsonl(os.path.join(folder, RECORDS))
 
 
 def _folder_lock(folder: str):
@@ -47,10 +46,28 @@ def _folder_lock(folder: str):
 
 def append_record(folder: str, record: Dict[str, Any]) -> None:
     """Adds one finished run; the file is replaced whole, so it is never half-written, and
-    under the folder's lock, so a concurrent append is never lost."""
+    under the folder's lock, so a concurrent append is never lost. An earlier record of the
+    same label and split moves to ``SUPERSEDED``, so each run counts once."""
+    same = (record['label'], record['split_id'])
     with _folder_lock(folder):
-        lines = [json.dumps(r, sort_keys=True) for r in load_records(folder) + [record]]
-        atomic_write_text(os.path.join(folder, RECORDS), '\n'.join(lines) + '\n')
+        kept, replaced = [], []
+        for old in load_records(folder):
+            (replaced if (old['label'], old['split_id']) == same else kept).append(old)
+        if replaced:
+            _write_jsonl(os.path.join(folder, SUPERSEDED),
+                         _read_jsonl(os.path.join(folder, SUPERSEDED)) + replaced)
+        _write_jsonl(os.path.join(folder, RECORDS), kept + [record])
+
+
+def _read_jsonl(path: str) -> List[Dict[str, Any]]:
+    if not os.path.isfile(path):
+        return []
+    with open(path, encoding='utf-8') as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _write_jsonl(path: str, records: List[Dict[str, Any]]) -> None:
+    atomic_write_text(path, ''.join(json.dumps(r, sort_keys=True) + '\n' for r in records))
 
 
 def summarize(records: List[Dict[str, Any]], order: Optional[List[str]] = None

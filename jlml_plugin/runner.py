@@ -23,8 +23,8 @@ from yacs.config import CfgNode as CN
 
 from . import _torchreid
 from .checkpoint import latest_checkpoint
-from .config import (engine_run_kwargs, flat_keys, get_cfg, imagedata_kwargs, load_config,
-                     lr_scheduler_kwargs, optimizer_kwargs)
+from .config import (config_changes, engine_run_kwargs, get_cfg, imagedata_kwargs,
+                     load_config, lr_scheduler_kwargs, optimizer_kwargs, trained_config)
 from .data import check_datasets
 from .distributed import (DistInfo, barrier, distributed_train_loader, init_from_env,
                           launched_by_torchrun, per_rank_batch)
@@ -184,14 +184,6 @@ def use_deterministic_kernels() -> None:
     torch.backends.cudnn.benchmark = False
 
 
-#: Keys a run may change when it resumes from its own folder: where the data and the run
-#: live, how images are loaded, the device, and what is evaluated. Any other key changes
-#: what the checkpoint is trained to be (a different λ, say), and resuming across it would
-#: finish one experiment under another's name.
-RESUME_MAY_CHANGE = ('data.root', 'data.save_dir', 'data.workers', 'model.resume', 'use_gpu',
-                     'train.print_freq', 'test.')
-
-
 def check_resumable(cfg: CN) -> None:
     """Refuses to resume from ``cfg.data.save_dir`` when the ``config.yaml`` that its run
     saved there trains something other than ``cfg`` does."""
@@ -199,18 +191,16 @@ def check_resumable(cfg: CN) -> None:
     if not os.path.isfile(saved_path):
         return
     try:
-        saved = flat_keys(load_config(saved_path, base=get_cfg()))
+        saved = trained_config(load_config(saved_path, base=get_cfg()))
     except (KeyError, ValueError, yaml.YAMLError) as exc:  # a key this version lacks, bad YAML
         raise ConfigError(f'cannot resume in {cfg.data.save_dir}: its config.yaml does not load '
                           f'({exc}); start the run in a new data.save_dir') from exc
-    now = flat_keys(cfg)
-    changed = [k for k in now if saved.get(k, now[k]) != now[k]
-               and not k.startswith(RESUME_MAY_CHANGE)]
-    if changed:
-        what = ', '.join(f'{k} {saved[k]!r} there, {now[k]!r} now' for k in changed[:3])
+    changes = config_changes(saved, trained_config(cfg))
+    if changes:
         raise ConfigError(f'cannot resume in {cfg.data.save_dir}: its checkpoint was trained '
-                          f'with another config ({what}{", ..." if len(changed) > 3 else ""}); '
-                          f'resume with the config it saved, or start in a new data.save_dir')
+                          f'with another config ({"; ".join(changes[:3])}'
+                          f'{"; ..." if len(changes) > 3 else ""}); resume with the config it '
+                          f'saved, or start in a new data.save_dir')
 
 
 def _resume_path(cfg: CN, resume_latest: bool) -> Optional[str]:

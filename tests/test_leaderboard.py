@@ -162,6 +162,35 @@ def test_unwritable_results_folder(tmp_path, data_root, capsys):
     assert code == 2 and 'cannot write to the results folder' in err
 
 
+def test_a_record_of_another_trained_config_is_rerun_and_superseded(tmp_path, board, data_root,
+                                                                     capsys):
+    # λ_l changed for jlml since the board ran: its records are stale, the others stand.
+    config = _config(tmp_path, models=[
+        {'name': 'jlml', 'overrides': {'jlml': {'reg_local': {'weight': 0.5}}}}, 'osnet_x0_25'])
+    output = tmp_path / 'out'
+    output.mkdir()
+    shutil.copy(os.path.join(board, 'results.jsonl'), output)
+    shutil.copytree(os.path.join(board, 'runs', 'jlml', 'split0'), output / 'runs' / 'jlml' / 'split0')
+    args = ['--config', config, '--root', data_root, '--output', str(output)]
+    code, out, _ = _run(args + ['--dry-run'], capsys)
+    assert code == 0 and '6 runs, 4 done, 2 to go' in out
+    assert 'jlml/split0: its record trained another config (jlml.reg_local.weight' in out
+    # The old run's checkpoint is not resumed under the new config...
+    code, _, err = _run(args + ['--only', 'jlml', '--splits', '0'], capsys)
+    assert code == 2 and 'cannot resume in' in err and 'jlml.reg_local.weight' in err
+    # ...a fresh run replaces the record, and the old one is kept aside.
+    shutil.rmtree(output / 'runs')
+    code, out, err = _run(args + ['--only', 'jlml', '--splits', '0'], capsys)
+    assert code == 0, err
+    records = [json.loads(line) for line in open(output / 'results.jsonl')]
+    jlml0 = [r for r in records if (r['label'], r['split_id']) == ('jlml', 0)]
+    assert len(records) == 6 and len(jlml0) == 1
+    assert jlml0[0]['config']['jlml.reg_local.weight'] == 0.5
+    superseded = [json.loads(line) for line in open(output / 'superseded.jsonl')]
+    assert [(r['label'], r['split_id']) for r in superseded] == [('jlml', 0)]
+    assert superseded[0]['config']['jlml.reg_local.weight'] != 0.5
+
+
 def test_results_of_another_protocol_are_refused(tmp_path, board, data_root, capsys):
     spec = yaml.safe_load(open(SYNTHETIC))
     spec['protocol']['train']['lr'] = 0.01
