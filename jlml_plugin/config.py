@@ -244,11 +244,11 @@ def trained_config(cfg: CN) -> Dict[str, Any]:
 
 
 def config_changes(before: Dict[str, Any], after: Dict[str, Any]) -> List[str]:
-    """``'key X before, Y now'`` for each trained key whose value differs. A key only one side
-    has is taken as unchanged: keys added later keep the behaviour they were added with."""
+    """``'key X before, Y now'`` for each key of two :func:`trained_config` results whose
+    value differs. A key only one side has is taken as unchanged: keys added later keep the
+    behaviour they were added with."""
     return [f'{k} {before[k]!r} before, {v!r} now' for k, v in after.items()
-            if k in before and _as_list(before[k]) != _as_list(v)
-            and not k.startswith(EXECUTION_KEYS)]
+            if k in before and _as_list(before[k]) != _as_list(v)]
 
 
 def _as_list(value: Any) -> Any:
