@@ -35,6 +35,17 @@ METRICS = ['rank1', 'rank5', 'rank10', 'rank20', 'mAP', 'mINP', 'single_shot_ran
            'train_images_per_s', 'wall_seconds']
 
 
+def _read_jsonl(path: str) -> List[Dict[str, Any]]:
+    if not os.path.isfile(path):
+        return []
+    with open(path, encoding='utf-8') as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _write_jsonl(path: str, records: List[Dict[str, Any]]) -> None:
+    atomic_write_text(path, ''.join(json.dumps(r, sort_keys=True) + '\n' for r in records))
+
+
 def load_records(folder: str) -> List[Dict[str, Any]]:
     return _read_jsonl(os.path.join(folder, RECORDS))
 
@@ -57,17 +68,6 @@ def append_record(folder: str, record: Dict[str, Any]) -> None:
             _write_jsonl(os.path.join(folder, SUPERSEDED),
                          _read_jsonl(os.path.join(folder, SUPERSEDED)) + replaced)
         _write_jsonl(os.path.join(folder, RECORDS), kept + [record])
-
-
-def _read_jsonl(path: str) -> List[Dict[str, Any]]:
-    if not os.path.isfile(path):
-        return []
-    with open(path, encoding='utf-8') as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def _write_jsonl(path: str, records: List[Dict[str, Any]]) -> None:
-    atomic_write_text(path, ''.join(json.dumps(r, sort_keys=True) + '\n' for r in records))
 
 
 def summarize(records: List[Dict[str, Any]], order: Optional[List[str]] = None
