@@ -4,7 +4,8 @@
 
 A leaderboard config names one ``protocol`` (a torchreid-style config section: dataset,
 input size, transforms, optimizer, lr schedule, epochs, batch, sampler, seed), the
-``splits`` to run, the ``models`` and optional ``ablations`` (each with its own splits).
+``splits`` to run, the ``models`` and optional ``ablations`` (each with its own splits,
+and with the ``claim`` it tests against a ``reference`` model, tabled split by split).
 Every run goes through :func:`jlml_plugin.runner.train`: torchreid's data manager,
 sampler, engine path and the exact evaluator. A model entry may override only
 ``jlml.*`` keys (the ablations' knobs): the protocol is never tuned per model.
@@ -38,9 +39,10 @@ from .data.cuhk01 import NUM_SPLITS as CUHK01_SPLITS
 from .errors import ConfigError
 from .runner import train, validate
 
-__all__ = ['Run', 'load_leaderboard', 'plan_runs', 'run_leaderboard', 'main']
+__all__ = ['Run', 'load_leaderboard', 'plan_runs', 'ablation_claims', 'run_leaderboard', 'main']
 
 _TOP_KEYS = {'name', 'title', 'output', 'root', 'splits', 'protocol', 'models', 'ablations'}
+_ABLATION_KEYS = {'reference', 'splits', 'models'}
 _SPLIT_COUNTS = {'cuhk01_seeded': CUHK01_SPLITS, 'cuhk01_val': CUHK01_SPLITS}
 
 
@@ -74,16 +76,18 @@ def load_leaderboard(path: str) -> Dict[str, Any]:
     for key in ('output', 'protocol', 'models', 'splits'):
         if not spec.get(key):
             raise ConfigError(f'{path} needs a {key!r} entry')
+    ablation_claims(spec)  # a bad ablations section fails here, not after the first run
     return spec
 
 
-def _entries(items: List[Any], where: str) -> List[Dict[str, Any]]:
+def _entries(items: List[Any], where: str, keys=('name', 'label', 'overrides')
+             ) -> List[Dict[str, Any]]:
     out = []
     for item in items or []:
         entry = {'name': item} if isinstance(item, str) else dict(item)
         if 'name' not in entry:
             raise ConfigError(f'every entry of {where} needs a model name: {item!r}')
-        extra = set(entry) - {'name', 'label', 'overrides'}
+        extra = set(entry) - set(keys)
         if extra:
             raise ConfigError(f'unknown key(s) {sorted(extra)} in {where} entry {entry["name"]}')
         overrides = flatten(entry.get('overrides') or {})
@@ -97,11 +101,33 @@ def _entries(items: List[Any], where: str) -> List[Dict[str, Any]]:
     return out
 
 
+def _ablation_entries(spec: Dict[str, Any]) -> List[Dict[str, Any]]:
+    ablations = spec.get('ablations') or {}
+    unknown = set(ablations) - _ABLATION_KEYS
+    if unknown:
+        raise ConfigError(f'unknown ablations key(s) {sorted(unknown)}; expected '
+                          f'{sorted(_ABLATION_KEYS)}')
+    return _entries(ablations.get('models'), 'ablations.models',
+                    ('name', 'label', 'overrides', 'claim'))
+
+
+def ablation_claims(spec: Dict[str, Any]) -> Tuple[str, Dict[str, str]]:
+    """The model the ablations are measured against, and each ablation's claim: what that
+    model beating it would show (e.g. 'joint features beat global-only')."""
+    reference = (spec.get('ablations') or {}).get('reference', '')
+    stated = {e['label']: e['claim'] for e in _ablation_entries(spec) if e.get('claim')}
+    labels = [e['label'] for e in _entries(spec['models'], 'models')]
+    if stated and reference not in labels:
+        raise ConfigError(f'ablations.reference must name the model the claims are measured '
+                          f'against, one of {labels}; got {reference!r}')
+    return reference, stated
+
+
 def plan_runs(spec: Dict[str, Any]) -> List[Run]:
     """Every (model, split) run, split by split, so early results cover every model."""
     models = _entries(spec['models'], 'models')
     ablations = spec.get('ablations') or {}
-    ablation_models = _entries(ablations.get('models'), 'ablations.models')
+    ablation_models = _ablation_entries(spec)
     ablation_splits = ablations.get('splits', spec['splits'][:1])
     runs = []
     for split in dict.fromkeys(list(spec['splits']) + list(ablation_splits)):
@@ -214,8 +240,9 @@ def run_leaderboard(config: str, root: str = '', output: str = '', only: Optiona
 
 def _write_report(spec: Dict[str, Any], output: str, order: List[str], env: Dict[str, Any]
                   ) -> List[Dict[str, Any]]:
+    reference, stated = ablation_claims(spec)
     return report.write_report(output, order, title=spec.get('title', ''),
-                               header=_header(spec, env))
+                               header=_header(spec, env), reference=reference, claims=stated)
 
 
 def _finished_runs(output: str, fingerprint: str, configs: Dict[str, Any]

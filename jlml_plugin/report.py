@@ -22,7 +22,7 @@ from . import _torchreid
 from ._files import atomic_open, atomic_write_text, exclusive_lock
 
 __all__ = ['environment', 'load_records', 'append_record', 'summarize', 'write_report', 'plot_cmc',
-           'markdown_table', 'per_split_table']
+           'markdown_table', 'per_split_table', 'claims_table']
 
 RECORDS = 'results.jsonl'
 #: Where a run's earlier record goes when its rerun lands (the leaderboard reruns a run
@@ -133,6 +133,32 @@ def per_split_table(records: List[Dict[str, Any]], rows: List[Dict[str, Any]]) -
     return '\n'.join(out) + '\n'
 
 
+def claims_table(records: List[Dict[str, Any]], reference: str, claims: Dict[str, str]) -> str:
+    """Each claim "``reference`` beats this ablation", paired split by split: the two runs
+    share the split's identities and queries, so their difference is the claim's evidence
+    on that split. A claim holds on a split when the reference leads in both R1 and mAP."""
+    runs = {(r['label'], r['split_id']): r for r in records}
+    splits = sorted({r['split_id'] for r in records
+                     if r['label'] == reference or r['label'] in claims})
+    out = ['| claim | ablation | ' + ' | '.join(f'split {s}' for s in splits) + ' | holds on |',
+           '|---|---|' + '---|' * len(splits) + '---|']
+    for label, claim in claims.items():
+        cells, held, paired = [], [], 0
+        for split in splits:
+            ours, theirs = runs.get((reference, split)), runs.get((label, split))
+            if not (ours and theirs):
+                cells.append('–')
+                continue
+            paired += 1
+            gain = {k: (ours[k] - theirs[k]) * 100 for k in ('rank1', 'mAP')}
+            cells.append(f"{gain['rank1']:+.1f} ({gain['mAP']:+.1f})")
+            if gain['rank1'] > 0 and gain['mAP'] > 0:
+                held.append(str(split))
+        verdict = f'{len(held)} of {paired}' + (f" ({', '.join(held)})" if held else '')
+        out.append(f"| {claim} | {label} | {' | '.join(cells)} | {verdict} |")
+    return '\n'.join(out) + '\n'
+
+
 def plot_cmc(rows: List[Dict[str, Any]], path: str, max_rank: int = 20,
              title: str = 'CMC') -> None:
     """Each row's mean CMC curve over ranks 1..``max_rank``, as a PNG."""
@@ -158,8 +184,10 @@ def plot_cmc(rows: List[Dict[str, Any]], path: str, max_rank: int = 20,
 
 
 def write_report(folder: str, order: Optional[List[str]] = None, title: str = '',
-                 header: str = '') -> List[Dict[str, Any]]:
-    """Regenerates every report file in ``folder`` from its records."""
+                 header: str = '', reference: str = '',
+                 claims: Optional[Dict[str, str]] = None) -> List[Dict[str, Any]]:
+    """Regenerates every report file in ``folder`` from its records; ``claims`` (ablation
+    label → what ``reference`` beating it would show) adds the paired claims table."""
     with _folder_lock(folder):  # the files then agree with one state of the records
         records = load_records(folder)
         rows = summarize(records, order)
@@ -179,6 +207,9 @@ def write_report(folder: str, order: Optional[List[str]] = None, title: str = ''
             body += f'\n### {name}\n\n{markdown_table(group)}'
             if any(len(row['splits']) > 1 for row in group):
                 body += f'\n### {name}, per split: R1 (mAP)\n\n{per_split_table(records, group)}'
+        if claims:
+            body += (f'\n### claims, paired per split: {reference} minus the ablation, R1 (mAP)\n\n'
+                     f'{claims_table(records, reference, claims)}')
         atomic_write_text(os.path.join(folder, 'leaderboard.md'),
                           f'# {title or "Leaderboard"}\n\n{header}{body}')
         if rows:

@@ -50,6 +50,13 @@ def test_synthetic_board_writes_every_report(board):
     assert '### models, per split: R1 (mAP)\n\n| Model | split 0 | split 1 |' in table
     assert f"{jlml_split1['rank1'] * 100:.1f} ({jlml_split1['mAP'] * 100:.1f}) |\n" in table
     assert '### ablation, per split' not in table  # one split each: nothing to spread
+    jlml, jlml_global = (next(r for r in records if r['label'] == label and r['split_id'] == 0)
+                         for label in ('jlml', 'jlml_global'))
+    gain = f"{(jlml['rank1'] - jlml_global['rank1']) * 100:+.1f}"
+    assert ('### claims, paired per split: jlml minus the ablation, R1 (mAP)\n\n'
+            '| claim | ablation | split 0 | split 1 | holds on |') in table
+    assert f'| joint features beat global-only | jlml_global | {gain} (' in table
+    assert 'jlml_lambda0 |' not in table.split('### claims')[1]  # it states no claim
     summary = json.load(open(os.path.join(board, 'summary.json')))
     assert [row['label'] for row in summary] == ['jlml', 'osnet_x0_25', 'jlml_global', 'jlml_lambda0']
 
@@ -145,6 +152,10 @@ def _config(tmp_path, **changes):
     (dict(protocol={'data': {'sources': ['cuhk0l'], 'targets': ['cuhk0l']}}),
      "unknown dataset 'cuhk0l'"),
     (dict(colour='red'), "unknown leaderboard key(s) ['colour']"),
+    (dict(ablations={'refrence': 'jlml'}), "unknown ablations key(s) ['refrence']"),
+    (dict(ablations={'reference': 'jlmI', 'models': [{'name': 'jlml_global', 'claim': 'x'}]}),
+     "ablations.reference must name the model the claims are measured against, one of "
+     "['jlml', 'osnet_x0_25']; got 'jlmI'"),
 ])
 def test_bad_configs_fail_before_any_training(tmp_path, data_root, capsys, changes, message):
     output = tmp_path / 'out'
