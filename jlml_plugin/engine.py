@@ -61,6 +61,8 @@ class TrainingResult:
     #: Training images and seconds over the whole run, resumes included.
     train_images: int = 0
     train_seconds: float = 0.0
+    #: Wall time of the run's segments before it was last resumed (0 if it never was).
+    wall_seconds_before_resume: float = 0.0
 
     @property
     def train_images_per_second(self) -> float:
@@ -196,7 +198,8 @@ class JLMLEngine(_tr.engine.ImageSoftmaxEngine):
         if self.main:
             print(f'Elapsed {datetime.timedelta(seconds=round(time.time() - time_start))}')
         self._call_hooks('after_train')
-        return TrainingResult(results, summary, self.throughput.images, self.throughput.seconds)
+        return TrainingResult(results, summary, self.throughput.images, self.throughput.seconds,
+                              self.throughput.wall_seconds_before_resume)
 
     def train(self, print_freq: int = 10, fixbase_epoch: int = 0,
               open_layers=None) -> Dict[str, float]:

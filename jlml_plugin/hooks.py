@@ -18,6 +18,7 @@ alone, and tested alone.
 from __future__ import annotations
 
 import datetime
+import time
 from typing import Any, Dict
 
 from torch.utils.tensorboard import SummaryWriter
@@ -52,11 +53,18 @@ def format_losses(summary: Dict[str, float]) -> str:
 
 
 class Throughput(Hook):
-    """Training images and seconds (steps only, no evaluation), kept across resumes: the
-    engine saves :meth:`state_dict` in every checkpoint as ``counters``."""
+    """Training images and seconds (steps only, no evaluation), and the wall time of the
+    segments before a resume, kept across resumes: the engine saves :meth:`state_dict` in
+    every checkpoint as ``counters``. Time after an interrupted run's last checkpoint is
+    not counted, since the resumed run does that work again."""
 
     def __init__(self) -> None:
         self.images, self.seconds = 0, 0.0
+        self.started, self.wall_seconds_before_resume = time.monotonic(), 0.0
+
+    @property
+    def wall_seconds(self) -> float:
+        return self.wall_seconds_before_resume + time.monotonic() - self.started
 
     def after_step(self, engine, losses, images, seconds) -> None:
         self.images += images
@@ -67,11 +75,14 @@ class Throughput(Hook):
         return self.images / self.seconds if self.seconds else 0.0
 
     def state_dict(self) -> Dict[str, Any]:
-        return dict(train_images=self.images, train_seconds=self.seconds)
+        return dict(train_images=self.images, train_seconds=self.seconds,
+                    wall_seconds=self.wall_seconds)
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.images = int(state.get('train_images', 0))
         self.seconds = float(state.get('train_seconds', 0.0))
+        self.wall_seconds_before_resume = float(state.get('wall_seconds', 0.0))
+        self.started = time.monotonic()
 
 
 class ProgressLog(Hook):

@@ -156,6 +156,7 @@ class RunResult:
     results: Dict[str, RankResult]
     train_images_per_second: float
     train_seconds: float
+    #: The whole run's, from building the data to the last evaluation, resumes included.
     wall_seconds: float
     num_params: int
     flops: int
@@ -320,6 +321,7 @@ def train(cfg: CN, resume_latest: bool = False, dist_info: Optional[DistInfo] = 
     outcome = engine.run(**run_kwargs)
     return RunResult(results=outcome.results,
                      train_images_per_second=outcome.train_images_per_second,
-                     train_seconds=outcome.train_seconds, wall_seconds=time.time() - wall_start,
+                     train_seconds=outcome.train_seconds,
+                     wall_seconds=outcome.wall_seconds_before_resume + time.time() - wall_start,
                      num_params=num_params, flops=flops, save_dir=cfg.data.save_dir,
                      extra=dict(train_summary=outcome.train_summary))

@@ -83,6 +83,11 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tiny_opts, tm
     code, _, err = _run(opts(tmp_path / 'resumed'), capsys)
     assert code == 130 and 'resume with --resume' in err
     assert _final_state(str(tmp_path / 'resumed'))['epoch'] == 2
+    # Say the interrupted segment took 1000 s: the resumed run's wall time must include it.
+    interrupted_path = sorted(glob.glob(str(tmp_path / 'resumed' / 'model' / 'model.pth.tar-*')))[-1]
+    state = torch.load(interrupted_path, weights_only=True)
+    state['counters']['wall_seconds'] = 1000.0
+    torch.save(state, interrupted_path)
     monkeypatch.setattr(JLMLEngine, 'train', original)
     code, out, err = _run(opts(tmp_path / 'resumed') + ['--resume'], capsys)
     assert code == 0, err
@@ -92,6 +97,7 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tiny_opts, tm
     assert a['epoch'] == b['epoch'] == 3
     # The throughput counters carry over: 3 epochs of images, not the last one only.
     assert b['counters']['train_images'] == a['counters']['train_images'] > 0
+    assert a['counters']['wall_seconds'] < 1000 < b['counters']['wall_seconds']
     for key in a['state_dict']:
         assert torch.equal(a['state_dict'][key], b['state_dict'][key]), key
 
