@@ -43,6 +43,7 @@ __all__ = ['Run', 'load_leaderboard', 'plan_runs', 'ablation_claims', 'run_leade
 
 _TOP_KEYS = {'name', 'title', 'output', 'root', 'splits', 'protocol', 'models', 'ablations'}
 _ABLATION_KEYS = {'reference', 'splits', 'models'}
+_ENTRY_KEYS = ('name', 'label', 'overrides')
 _SPLIT_COUNTS = {'cuhk01_seeded': CUHK01_SPLITS, 'cuhk01_val': CUHK01_SPLITS}
 
 
@@ -80,7 +81,7 @@ def load_leaderboard(path: str) -> Dict[str, Any]:
     return spec
 
 
-def _entries(items: List[Any], where: str, keys=('name', 'label', 'overrides')
+def _entries(items: List[Any], where: str, keys: Tuple[str, ...] = _ENTRY_KEYS
              ) -> List[Dict[str, Any]]:
     out = []
     for item in items or []:
@@ -107,8 +108,7 @@ def _ablation_entries(spec: Dict[str, Any]) -> List[Dict[str, Any]]:
     if unknown:
         raise ConfigError(f'unknown ablations key(s) {sorted(unknown)}; expected '
                           f'{sorted(_ABLATION_KEYS)}')
-    return _entries(ablations.get('models'), 'ablations.models',
-                    ('name', 'label', 'overrides', 'claim'))
+    return _entries(ablations.get('models'), 'ablations.models', _ENTRY_KEYS + ('claim',))
 
 
 def ablation_claims(spec: Dict[str, Any]) -> Tuple[str, Dict[str, str]]:
