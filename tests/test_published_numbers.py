@@ -1,0 +1,50 @@
+"""The numbers the repository publishes are the ones its committed records make.
+
+Each committed leaderboard report is rebuilt from its ``results.jsonl`` and must come out
+byte for byte; every table row BENCHMARKS.md copies from the CUHK01 board must stand in
+that board's report. A record appended without its report, or a hand-edited figure,
+fails here.
+"""
+import os
+import shutil
+
+import pytest
+
+from jlml_plugin import leaderboard
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(REPO, 'results', 'leaderboard')
+REPORT_FILES = ('leaderboard.md', 'summary.json', 'results.csv')
+# The committed boards: each folder holds the records of the config of the same name.
+BOARDS = sorted(name for name in os.listdir(RESULTS)
+                if os.path.isfile(os.path.join(RESULTS, name, 'results.jsonl')))
+
+
+def _read(path):
+    with open(path, encoding='utf-8') as f:
+        return f.read()
+
+
+def test_every_committed_board_has_its_config():
+    assert 'cuhk01' in BOARDS
+    for name in BOARDS:
+        assert os.path.isfile(os.path.join(REPO, 'configs', 'leaderboard', f'{name}.yaml')), name
+
+
+@pytest.mark.parametrize('name', BOARDS)
+def test_a_committed_report_is_what_its_records_make(name, tmp_path):
+    shutil.copy(os.path.join(RESULTS, name, 'results.jsonl'), tmp_path)
+    config = os.path.join(REPO, 'configs', 'leaderboard', f'{name}.yaml')
+    assert leaderboard.main(['--config', config, '--output', str(tmp_path), '--report-only']) == 0
+    for filename in REPORT_FILES:
+        assert _read(tmp_path / filename) == _read(os.path.join(RESULTS, name, filename)), filename
+
+
+def test_every_board_row_in_benchmarks_stands_in_the_board_report():
+    text = _read(os.path.join(REPO, 'BENCHMARKS.md'))
+    start, end = text.index('<!-- leaderboard -->'), text.index('<!-- /leaderboard -->')
+    rows = [line for line in text[start:end].splitlines()
+            if line.startswith('| ') and not line.startswith(('| Model |', '| claim |'))]
+    assert len(rows) >= 20  # the models, the per-split table, the ablations and the claims
+    report_lines = set(_read(os.path.join(RESULTS, 'cuhk01', 'leaderboard.md')).splitlines())
+    assert [row for row in rows if row not in report_lines] == []
