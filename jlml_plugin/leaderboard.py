@@ -35,7 +35,6 @@ from ._cli import Tee, command_parser, main_wrapper
 from ._files import atomic_write_text, exclusive_lock
 from .config import (config_changes, config_chain, flatten, get_cfg, merge_dict, merge_values,
                      trained_config)
-from .data.cuhk01 import NUM_SPLITS as CUHK01_SPLITS
 from .errors import ConfigError
 from .runner import train, validate
 
@@ -44,7 +43,6 @@ __all__ = ['Run', 'load_leaderboard', 'plan_runs', 'ablation_claims', 'run_leade
 _TOP_KEYS = {'name', 'title', 'output', 'root', 'splits', 'protocol', 'models', 'ablations'}
 _ABLATION_KEYS = {'reference', 'splits', 'models'}
 _ENTRY_KEYS = ('name', 'label', 'overrides')
-_SPLIT_COUNTS = {'cuhk01_seeded': CUHK01_SPLITS, 'cuhk01_val': CUHK01_SPLITS}
 
 
 @dataclass
@@ -194,12 +192,6 @@ def run_leaderboard(config: str, root: str = '', output: str = '', only: Optiona
     configs = {run.key: _run_config(spec, run, root or spec.get('root', ''), output)
                for run in runs}
     for run in runs:
-        for dataset in configs[run.key].data.sources + configs[run.key].data.targets:
-            count = _SPLIT_COUNTS.get(dataset)
-            if count is not None and not 0 <= run.split_id < count:
-                raise ConfigError(f'split id {run.split_id} is out of range for {dataset}: use '
-                                  f'0-{count - 1}')
-    for run in runs:
         try:
             validate(configs[run.key])
         except ConfigError as exc:
@@ -230,8 +222,8 @@ def run_leaderboard(config: str, root: str = '', output: str = '', only: Optiona
                 continue
             print(f'\n[{index}/{len(todo)}] {run.key}: {run.model} on {cfg.data.sources} split '
                   f'{run.split_id}', flush=True)
-            record = _train_and_evaluate(cfg, run, fingerprint, env)
-            report.append_record(output, record)
+            record, queries = _train_and_evaluate(cfg, run, fingerprint, env)
+            report.append_record(output, record, queries)
             _write_report(spec, output, order, env)
         print(f'=> {run.key}: R1 {record["rank1"]:.1%} mAP {record["mAP"]:.1%} '
               f'mINP {record["mINP"]:.1%} ({record["wall_seconds"] / 60:.0f} min)', flush=True)
@@ -266,8 +258,10 @@ def _finished_runs(output: str, fingerprint: str, configs: Dict[str, Any]
     return done, stale
 
 
-def _train_and_evaluate(cfg, run: Run, fingerprint: str, env: Dict[str, Any]) -> Dict[str, Any]:
-    """Trains one run (resuming from its last checkpoint), its log teed to train.log."""
+def _train_and_evaluate(cfg, run: Run, fingerprint: str, env: Dict[str, Any]
+                        ) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """Trains one run (resuming from its last checkpoint), its log teed to train.log;
+    returns its record and its per-query outcomes."""
     console = sys.stdout
     tee = Tee(console, os.path.join(cfg.data.save_dir, 'train.log'))
     sys.stdout = tee
@@ -277,8 +271,8 @@ def _train_and_evaluate(cfg, run: Run, fingerprint: str, env: Dict[str, Any]) ->
         sys.stdout = console
         tee.close()
     metrics = result.results[cfg.data.targets[0]]
-    return dict(label=run.label, model=run.model, group=run.group, split_id=run.split_id,
-                dataset=cfg.data.targets[0], protocol=fingerprint,
+    record = dict(label=run.label, model=run.model, group=run.group, split_id=run.split_id,
+                seed=cfg.train.seed, dataset=cfg.data.targets[0], protocol=fingerprint,
                 **metrics.as_dict((1, 5, 10, 20)), cmc=[float(v) for v in metrics.cmc[:50]],
                 params=result.num_params, gflops=result.flops / 1e9,
                 input=f'{cfg.data.height}x{cfg.data.width}', epochs=cfg.train.max_epoch,
@@ -286,6 +280,7 @@ def _train_and_evaluate(cfg, run: Run, fingerprint: str, env: Dict[str, Any]) ->
                 train_seconds=result.train_seconds, wall_seconds=result.wall_seconds,
                 train_summary=result.extra['train_summary'], config=trained_config(cfg),
                 finished_at=time.strftime('%Y-%m-%dT%H:%M:%S'), env=env)
+    return record, metrics.per_query.as_dict()
 
 
 def _header(spec: Dict[str, Any], env: Dict[str, Any]) -> str:

@@ -28,7 +28,22 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 import torch
 
-__all__ = ['RankResult', 'evaluate_rank', 'evaluate_torchreid']
+__all__ = ['PerQuery', 'RankResult', 'evaluate_rank', 'evaluate_torchreid']
+
+
+@dataclass
+class PerQuery:
+    """Each valid query's outcome, in query order: enough to recompute Rank-k and mAP, and
+    to pair two models query by query (:mod:`jlml_plugin.stats`)."""
+    index: np.ndarray       # position in the query list
+    pid: np.ndarray         # identity
+    first_rank: np.ndarray  # 1-based rank of the first correct match (all-gallery CMC)
+    ap: np.ndarray          # average precision
+
+    def as_dict(self) -> Dict[str, list]:
+        return dict(index=self.index.tolist(), pid=self.pid.tolist(),
+                    first_rank=self.first_rank.tolist(),
+                    ap=[round(float(v), 6) for v in self.ap])
 
 
 @dataclass
@@ -39,6 +54,7 @@ class RankResult:
     mINP: float
     num_valid_queries: int
     extra: Dict[str, float] = field(default_factory=dict)
+    per_query: Optional[PerQuery] = None
 
     def rank(self, k: int) -> float:
         return float(self.cmc[k - 1])
@@ -128,27 +144,28 @@ def _cuhk03_first_ranks(order: np.ndarray, junk: np.ndarray, g_pids: np.ndarray,
 
 
 def _block_stats(dist, q_pids, q_camids, g_pids, g_camids, max_rank, use_metric_cuhk03,
-                 query_index, seed, cuhk03_repeats) -> Tuple[np.ndarray, float, float, int]:
-    """First-match histogram, AP sum, INP sum and valid-query count of one query block."""
+                 query_index, seed, cuhk03_repeats) -> Tuple[np.ndarray, float, PerQuery]:
+    """First-match histogram, INP sum and the valid queries' outcomes of one query block."""
     first_hist = np.zeros(max_rank + 1)
     order, junk, rows, ranks = _block_ranks(dist, q_pids, q_camids, g_pids, g_camids)
     n_rows = order.shape[0]
     num_rel = np.bincount(rows, minlength=n_rows)
     valid = num_rel > 0
-    if not valid.any():
-        return first_hist, 0.0, 0.0, 0
     row_start = np.concatenate(([0], np.cumsum(num_rel)))[:-1]
     hit_index = np.arange(len(rows)) - row_start[rows] + 1  # 1-based among a row's hits
-    ap_sum = (np.bincount(rows, weights=hit_index / ranks, minlength=n_rows)[valid]
-              / num_rel[valid]).sum()
+    ap = (np.bincount(rows, weights=hit_index / ranks, minlength=n_rows)[valid]
+          / num_rel[valid])
+    first_rank = ranks[row_start[valid]]
+    outcome = PerQuery(query_index[valid], q_pids[valid], first_rank, ap)
+    if not valid.any():
+        return first_hist, 0.0, outcome
     inp_sum = (num_rel[valid] / ranks[row_start[valid] + num_rel[valid] - 1]).sum()
     if use_metric_cuhk03:
         first_hist[:max_rank] = _cuhk03_first_ranks(order, junk, g_pids, q_pids, valid,
                                                     max_rank, query_index, seed, cuhk03_repeats)
     else:
-        first_rank0 = ranks[row_start[valid]] - 1
-        first_hist += np.bincount(np.minimum(first_rank0, max_rank), minlength=max_rank + 1)
-    return first_hist, float(ap_sum), float(inp_sum), int(valid.sum())
+        first_hist += np.bincount(np.minimum(first_rank - 1, max_rank), minlength=max_rank + 1)
+    return first_hist, float(inp_sum), outcome
 
 
 def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50,
@@ -183,14 +200,17 @@ def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 5
     else:
         stats = [run_block(i) for i in range(num_blocks)]
     first_hist = sum(s[0] for s in stats)
-    num_valid = sum(s[3] for s in stats)
+    per_query = PerQuery(*(np.concatenate([getattr(s[2], f) for s in stats])
+                           for f in ('index', 'pid', 'first_rank', 'ap')))
+    num_valid = len(per_query.index)
     if num_valid == 0:
         raise ValueError('no query identity appears in the gallery under another camera; '
                          'every query needs a gallery image of its identity from a different '
                          'camid')
     cmc = np.cumsum(first_hist[:max_rank]) / num_valid
-    return RankResult(cmc=cmc.astype(np.float32), mAP=sum(s[1] for s in stats) / num_valid,
-                      mINP=sum(s[2] for s in stats) / num_valid, num_valid_queries=num_valid)
+    return RankResult(cmc=cmc.astype(np.float32), mAP=float(per_query.ap.mean()),
+                      mINP=sum(s[1] for s in stats) / num_valid, num_valid_queries=num_valid,
+                      per_query=per_query)
 
 
 def evaluate_torchreid(distmat, q_pids, g_pids, q_camids, g_camids, max_rank,

@@ -21,13 +21,17 @@ import torch
 from . import _torchreid
 from ._files import atomic_open, atomic_write_text, exclusive_lock
 
-__all__ = ['environment', 'load_records', 'append_record', 'summarize', 'write_report', 'plot_cmc',
+__all__ = ['environment', 'load_records', 'load_queries', 'run_key', 'append_record', 'summarize', 'write_report', 'plot_cmc',
            'markdown_table', 'per_split_table', 'claims_table']
 
 RECORDS = 'results.jsonl'
-#: Where a run's earlier record goes when its rerun lands (the leaderboard reruns a run
-#: only when its record is stale).
+#: Each run's per-query outcomes (:class:`~jlml_plugin.metrics.PerQuery`), one line per
+#: run, beside its record: what paired comparisons are computed from.
+QUERIES = 'queries.jsonl'
+#: Where a run's earlier record (and its queries) go when its rerun lands (the leaderboard
+#: reruns a run only when its record is stale).
 SUPERSEDED = 'superseded.jsonl'
+SUPERSEDED_QUERIES = 'superseded_queries.jsonl'
 CSV_FIELDS = ['label', 'model', 'split_id', 'rank1', 'rank5', 'rank10', 'rank20', 'mAP', 'mINP',
               'single_shot_rank1', 'params', 'gflops', 'input', 'epochs', 'train_images_per_s', 'train_seconds',
               'wall_seconds', 'finished_at']
@@ -50,24 +54,43 @@ def load_records(folder: str) -> List[Dict[str, Any]]:
     return _read_jsonl(os.path.join(folder, RECORDS))
 
 
+def load_queries(folder: str) -> List[Dict[str, Any]]:
+    """Per-query outcomes, one entry per run (``label``, ``split_id``, ``seed`` and the
+    :meth:`~jlml_plugin.metrics.PerQuery.as_dict` lists)."""
+    return _read_jsonl(os.path.join(folder, QUERIES))
+
+
 def _folder_lock(folder: str):
     """Serialises writers of one results folder (several leaderboard runners may share it)."""
     return exclusive_lock(os.path.join(folder, '.lock'))
 
 
-def append_record(folder: str, record: Dict[str, Any]) -> None:
-    """Adds one finished run; the file is replaced whole, so it is never half-written, and
-    under the folder's lock, so a concurrent append is never lost. An earlier record of the
-    same label and split moves to ``SUPERSEDED``, so each run counts once."""
-    same = (record['label'], record['split_id'])
+def run_key(record: Dict[str, Any]) -> tuple:
+    """What identifies a run: label, split and seed (records before seeds were recorded
+    trained with the protocol's seed 1)."""
+    return record['label'], record['split_id'], record.get('seed', 1)
+
+
+def append_record(folder: str, record: Dict[str, Any],
+                  queries: Optional[Dict[str, Any]] = None) -> None:
+    """Adds one finished run (and its per-query outcomes); each file is replaced whole, so
+    it is never half-written, and under the folder's lock, so a concurrent append is never
+    lost. An earlier record of the same run moves to ``SUPERSEDED`` (its queries to
+    ``SUPERSEDED_QUERIES``), so each run counts once."""
+    files = [(RECORDS, SUPERSEDED, record)]
+    if queries is not None:
+        files.append((QUERIES, SUPERSEDED_QUERIES, dict(
+            label=record['label'], split_id=record['split_id'], seed=record.get('seed', 1),
+            **queries)))
     with _folder_lock(folder):
-        kept, replaced = [], []
-        for old in load_records(folder):
-            (replaced if (old['label'], old['split_id']) == same else kept).append(old)
-        if replaced:
-            _write_jsonl(os.path.join(folder, SUPERSEDED),
-                         _read_jsonl(os.path.join(folder, SUPERSEDED)) + replaced)
-        _write_jsonl(os.path.join(folder, RECORDS), kept + [record])
+        for name, superseded, entry in files:
+            kept, replaced = [], []
+            for old in _read_jsonl(os.path.join(folder, name)):
+                (replaced if run_key(old) == run_key(entry) else kept).append(old)
+            if replaced:
+                _write_jsonl(os.path.join(folder, superseded),
+                             _read_jsonl(os.path.join(folder, superseded)) + replaced)
+            _write_jsonl(os.path.join(folder, name), kept + [entry])
 
 
 def summarize(records: List[Dict[str, Any]], order: Optional[List[str]] = None

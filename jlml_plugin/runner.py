@@ -101,7 +101,8 @@ def validate(cfg: CN, check_data: bool = True) -> None:
         if path and not os.path.isfile(path):
             raise ConfigError(f'model.{key}: no file at {path}')
     if check_data:
-        check_datasets(list(dict.fromkeys(cfg.data.sources + cfg.data.targets)), cfg.data.root)
+        check_datasets(list(dict.fromkeys(cfg.data.sources + cfg.data.targets)), cfg.data.root,
+                       cfg.data.split_id)
 
 
 def model_kwargs(cfg: CN) -> Dict[str, Any]:

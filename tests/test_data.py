@@ -1,4 +1,5 @@
 """The synthetic set and the seeded CUHK01 splits."""
+import glob
 import hashlib
 import json
 import os
@@ -10,6 +11,9 @@ from jlml_plugin import torchreid
 from jlml_plugin.data import cuhk01
 from jlml_plugin.data.synthetic import PRESETS, generate, identities, scan
 from jlml_plugin.errors import ConfigError, DataError
+from jlml_plugin.leaderboard import load_leaderboard, plan_runs
+
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
 
 
 def _digest(folder):
@@ -120,7 +124,7 @@ def test_cuhk01_through_torchreid(fake_campus):
 
 def test_validation_split_holds_out_training_identities_only():
     names = [f'{p:04d}{k:03d}.png' for p in range(1, 972) for k in range(1, 5)]
-    val = cuhk01.make_split(0, names, validation=True)
+    val = cuhk01.make_split(0, names, cuhk01.CUHK01Validation.identities(0))
     train_ids, test_ids = cuhk01.partition(0)
     val_train, val_query = cuhk01.validation_partition(0)
     assert len(val_train) == 385 and len(val_query) == 100
@@ -128,6 +132,41 @@ def test_validation_split_holds_out_training_identities_only():
     assert {p + 1 for _, p, _ in val['query']} == set(val_query)
     assert not {p + 1 for _, p, _ in val['query'] + val['gallery']} & set(test_ids)
     assert len(val['train']) == 385 * 4 and val['num_train_pids'] == 385
+
+
+def _board_partitions(config):
+    """Every CUHK01 partition whose test identities a leaderboard config evaluates on."""
+    spec = load_leaderboard(config)
+    runs = plan_runs(spec)
+    datasets = spec['protocol']['data']['sources'] + spec['protocol']['data']['targets']
+    return {run.split_id // 2 for run in runs} if 'cuhk01_seeded' in datasets else set()
+
+
+def test_tuning_identities_are_no_test_identity_of_any_committed_board_split():
+    """Choose on validation, report on test: the identities every model is tuned on are
+    never test identities of a split that any committed leaderboard config evaluates."""
+    _, tune_ids = cuhk01.tuning_partition()
+    configs = sorted(glob.glob(os.path.join(CONFIGS, 'leaderboard', '*.yaml')))
+    partitions = {os.path.basename(c): _board_partitions(c) for c in configs}
+    assert partitions['cuhk01.yaml'] == {0, 1, 2}  # the board itself is among them
+    for config, used in partitions.items():
+        for p in used:
+            overlap = set(tune_ids) & set(cuhk01.partition(p)[1])
+            assert not overlap, f'{config}: tuning identities {sorted(overlap)[:5]} are test ' \
+                                f'identities of partition {p}'
+
+
+def test_tuning_split_through_torchreid(fake_campus):
+    query = torchreid.data.datasets.init_image_dataset('cuhk01_tune', root=fake_campus,
+                                                       split_id=1, mode='query', verbose=False)
+    train_ids, tune_ids = cuhk01.tuning_partition()
+    assert len(tune_ids) == 100 and len(train_ids) == 385 and not set(tune_ids) & set(train_ids)
+    assert set(train_ids) | set(tune_ids) == set(cuhk01.partition(0)[0])
+    assert {p + 1 for _, p, *_ in query.query} == set(tune_ids)
+    assert {item[2] for item in query.query} == {1} and {item[2] for item in query.gallery} == {0}
+    assert query.num_train_pids == 385
+    with pytest.raises(ConfigError, match=r'cuhk01_tune split_id 2 is out of range: use 0-1'):
+        torchreid.data.datasets.init_image_dataset('cuhk01_tune', root=fake_campus, split_id=2)
 
 
 def test_cuhk01_split_id_out_of_range(fake_campus):

@@ -146,7 +146,7 @@ def _config(tmp_path, **changes):
      "overrides ['train.lr']: only jlml.* keys may differ between models"),
     (dict(splits=[0, 25], protocol={'data': {'sources': ['cuhk01_seeded'],
                                              'targets': ['cuhk01_seeded']}}),
-     'split id 25 is out of range for cuhk01_seeded: use 0-19'),
+     'cuhk01_seeded split_id 25 is out of range: use 0-19'),
     (dict(protocol={'data': {'sources': ['cuhk01_seeded'], 'targets': ['cuhk01_seeded']}}),
      "dataset 'cuhk01_seeded' not found: looked in"),
     (dict(protocol={'data': {'sources': ['cuhk0l'], 'targets': ['cuhk0l']}}),

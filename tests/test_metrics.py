@@ -142,6 +142,39 @@ def test_cuhk03_metric_averages_draws_and_is_reproducible():
     assert a.mAP == pytest.approx(evaluate_rank(*problem).mAP)  # mAP uses the whole gallery
 
 
+def per_query_reference(distmat, q_pids, g_pids, q_cams, g_cams):
+    """(query index, first-match rank, AP) of each valid query, one at a time, ties in
+    gallery order."""
+    out = []
+    for q in range(len(q_pids)):
+        order = np.argsort(distmat[q], kind='stable')
+        kept = order[~((g_pids[order] == q_pids[q]) & (g_cams[order] == q_cams[q]))]
+        hits = np.flatnonzero(g_pids[kept] == q_pids[q]) + 1
+        if len(hits):
+            out.append((q, hits[0], np.mean(np.arange(1, len(hits) + 1) / hits)))
+    return out
+
+
+def test_per_query_outcomes_are_each_querys_and_make_the_totals():
+    def check(problem):
+        expected = per_query_reference(*problem)
+        if not expected:
+            return False
+        ours = evaluate_rank(*problem, block_size=7)
+        pq = ours.per_query
+        np.testing.assert_array_equal(pq.index, [q for q, _, _ in expected])
+        np.testing.assert_array_equal(pq.pid, problem[1][pq.index])
+        np.testing.assert_array_equal(pq.first_rank, [r for _, r, _ in expected])
+        np.testing.assert_allclose(pq.ap, [ap for _, _, ap in expected], rtol=0, atol=1e-12)
+        assert ours.rank(1) == pytest.approx(np.mean(pq.first_rank == 1), abs=1e-7)
+        assert ours.rank(5) == pytest.approx(np.mean(pq.first_rank <= 5), abs=1e-7)
+        assert ours.mAP == pytest.approx(pq.ap.mean(), abs=1e-12)
+        return True
+
+    outcomes = _run_counted(problems(ties=True), check, 150)
+    assert sum(outcomes) >= len(outcomes) / 2
+
+
 def test_hand_computed_map_and_minp():
     # gallery ranked by distance: pid 1 (cam 1), pid 2, pid 2, pid 1 (cam 1), pid 1 (cam 0, junk)
     distmat = np.array([[0.1, 0.2, 0.3, 0.4, 0.05]])

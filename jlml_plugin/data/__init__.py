@@ -6,10 +6,10 @@ from typing import List
 
 from .. import _torchreid
 from ..errors import ConfigError, DataError
-from .cuhk01 import CUHK01, CUHK01Validation
+from .cuhk01 import CUHK01, CUHK01Tuning, CUHK01Validation
 from .synthetic import PRESETS, SynthReID, SynthReIDTiny
 
-__all__ = ['CUHK01', 'CUHK01Validation', 'SynthReID', 'SynthReIDTiny', 'register_datasets',
+__all__ = ['CUHK01', 'CUHK01Tuning', 'CUHK01Validation', 'SynthReID', 'SynthReIDTiny', 'register_datasets',
            'check_datasets']
 
 #: Where torchreid looks for the datasets the configs name, below ``data.root``.
@@ -22,21 +22,23 @@ LAYOUTS = {
     'viper': 'viper/VIPeR/{cam_a,cam_b}/',
     'grid': 'grid/underground_reid/{probe,gallery,features_and_partitions.mat}',
 }
-LAYOUTS['cuhk01_seeded'] = LAYOUTS['cuhk01_val'] = LAYOUTS['cuhk01']  # the same images
+LAYOUTS['cuhk01_seeded'] = LAYOUTS['cuhk01_tune'] = LAYOUTS['cuhk01_val'] = LAYOUTS['cuhk01']  # the same images
 
 
 def register_datasets() -> None:
     """Registers the ``synthreid`` presets and CUHK01 with seeded splits under names of
-    its own (``cuhk01_seeded``, ``cuhk01_val``; torchreid's ``cuhk01`` keeps its meaning);
-    idempotent."""
+    its own (``cuhk01_seeded``, ``cuhk01_tune``, ``cuhk01_val``; torchreid's ``cuhk01``
+    keeps its meaning); idempotent."""
     _torchreid.register_image_dataset('synthreid', SynthReID)
     _torchreid.register_image_dataset('synthreid_tiny', SynthReIDTiny)
     _torchreid.register_image_dataset('cuhk01_seeded', CUHK01)
+    _torchreid.register_image_dataset('cuhk01_tune', CUHK01Tuning)
     _torchreid.register_image_dataset('cuhk01_val', CUHK01Validation)
 
 
-def check_datasets(names: List[str], root: str) -> None:
-    """Fails fast, before any model is built, on an unknown or missing dataset.
+def check_datasets(names: List[str], root: str, split_id: int = 0) -> None:
+    """Fails fast, before any model is built, on an unknown or missing dataset, or a
+    split id that a dataset with seeded splits does not have.
 
     torchreid would otherwise try to download a missing set (failing offline after a
     long wait) or raise deep inside its loader.
@@ -45,6 +47,8 @@ def check_datasets(names: List[str], root: str) -> None:
     for name in names:
         if name not in factory:
             raise ConfigError(f'unknown dataset {name!r}; torchreid knows: {", ".join(sorted(factory))}')
+        if hasattr(factory[name], 'identities'):  # seeded splits: the dataset checks its ids
+            factory[name].identities(split_id)
         if name in PRESETS:
             continue  # drawn on first use
         folder = os.path.join(os.path.abspath(os.path.expanduser(root)),
