@@ -16,16 +16,17 @@ import glob
 import os
 import random
 import re
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 
 from ._files import atomic_open
 from ._torchreid import load_checkpoint
-from .errors import CheckpointError
+from .errors import CheckpointError, one_line
 
-__all__ = ['atomic_save', 'training_state', 'save_checkpoint', 'latest_checkpoint', 'model_state', 'resume',
+__all__ = ['atomic_save', 'training_state', 'save_checkpoint', 'latest_checkpoint',
+           'latest_readable_checkpoint', 'model_state', 'resume',
            'rng_state', 'set_rng_state', 'load_checkpoint']
 
 PREFIX = 'model.pth.tar-'
@@ -96,14 +97,34 @@ def _checkpoints(save_dir: str) -> list:
     return [path for _, path in sorted(found)]
 
 
-def latest_checkpoint(save_dir: str) -> Optional[str]:
-    """The newest checkpoint under ``save_dir`` (searched recursively), or None."""
+def _newest_first(save_dir: str) -> List[str]:
+    """Every checkpoint under ``save_dir`` (searched recursively), newest first."""
     candidates = []
     for folder, _, _ in os.walk(save_dir):
         candidates += _checkpoints(folder)
-    if not candidates:
-        return None
-    return max(candidates, key=lambda p: (int(p.rsplit('-', 1)[1]), os.path.getmtime(p)))
+    return sorted(candidates, key=lambda p: (int(p.rsplit('-', 1)[1]), os.path.getmtime(p)),
+                  reverse=True)
+
+
+def latest_checkpoint(save_dir: str) -> Optional[str]:
+    """The newest checkpoint under ``save_dir`` (searched recursively), or None."""
+    return next(iter(_newest_first(save_dir)), None)
+
+
+def latest_readable_checkpoint(save_dir: str) -> Optional[Tuple[str, Dict[str, Any]]]:
+    """The newest checkpoint under ``save_dir`` that loads, with its contents, or None if
+    there is none. A newer one that does not load (a crash mid-copy, a full disk) is
+    passed over with one line saying so; if none loads, that is an error."""
+    paths = _newest_first(save_dir)
+    for path in paths:
+        try:
+            return path, load_checkpoint(path)
+        except CheckpointError as exc:
+            print(f'=> {one_line(exc)}; trying the checkpoint before it', flush=True)
+    if paths:
+        raise CheckpointError(f'none of the {len(paths)} checkpoints under {save_dir} can be '
+                              f'read; start again in a new data.save_dir')
+    return None
 
 
 def model_state(checkpoint: Dict[str, Any]) -> Dict[str, torch.Tensor]:
@@ -114,10 +135,12 @@ def model_state(checkpoint: Dict[str, Any]) -> Dict[str, torch.Tensor]:
 
 
 def resume(path: str, model: torch.nn.Module, optimizer=None, scheduler=None,
-           scaler=None) -> Dict[str, Any]:
-    """Restores weights, optimizer, scheduler, scaler and RNG states; returns the
-    checkpoint (its ``epoch`` is the next epoch to run)."""
-    checkpoint = load_checkpoint(path)
+           scaler=None, checkpoint: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Restores weights, optimizer, scheduler, scaler and RNG states from ``path`` (or
+    from ``checkpoint``, its contents already loaded); returns the checkpoint (its
+    ``epoch`` is the next epoch to run)."""
+    if checkpoint is None:
+        checkpoint = load_checkpoint(path)
     state_dict = model_state(checkpoint)
     target = model.module if hasattr(model, 'module') else model
     try:

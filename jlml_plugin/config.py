@@ -25,7 +25,8 @@ from .regularizers import LAMBDA_GLOBAL, LAMBDA_LOCAL
 __all__ = ['JLMLConfig', 'get_default_config', 'add_jlml_config', 'get_cfg', 'shipped_config',
            'load_config', 'merge_dict',
            'merge_values', 'flatten', 'flat_keys',
-           'imagedata_kwargs', 'optimizer_kwargs', 'lr_scheduler_kwargs', 'engine_run_kwargs']
+           'imagedata_kwargs', 'optimizer_kwargs', 'check_optimizer', 'lr_scheduler_kwargs',
+           'engine_run_kwargs']
 
 
 class JLMLConfig(CN):
@@ -407,6 +408,28 @@ def optimizer_kwargs(cfg: CN) -> Dict[str, Any]:
         sgd_nesterov=cfg.sgd.nesterov, rmsprop_alpha=cfg.rmsprop.alpha,
         adam_beta1=cfg.adam.beta1, adam_beta2=cfg.adam.beta2, staged_lr=cfg.train.staged_lr,
         new_layers=cfg.train.new_layers, base_lr_mult=cfg.train.base_lr_mult)
+
+
+#: The optimizer values torch would refuse only once training starts, or that would train
+#: nothing: each key with the range it must lie in (a NaN lies in none).
+OPTIMIZER_RANGES = (
+    ('train.lr', lambda v: v > 0, '> 0'),
+    ('train.base_lr_mult', lambda v: v > 0, '> 0'),
+    ('train.weight_decay', lambda v: v >= 0, '>= 0'),
+    ('sgd.momentum', lambda v: 0 <= v < 1, 'in [0, 1)'),
+    ('sgd.dampening', lambda v: 0 <= v <= 1, 'in [0, 1]'),
+    ('adam.beta1', lambda v: 0 <= v < 1, 'in [0, 1)'),
+    ('adam.beta2', lambda v: 0 <= v < 1, 'in [0, 1)'),
+    ('rmsprop.alpha', lambda v: 0 <= v < 1, 'in [0, 1)'),
+)
+
+
+def check_optimizer(cfg: CN) -> None:
+    """Raises a one-line ConfigError for the first optimizer value out of its range."""
+    values = flat_keys(cfg)
+    for key, holds, expected in OPTIMIZER_RANGES:
+        if not holds(values[key]):
+            raise ConfigError(f'{key} must be {expected}, got {values[key]!r}')
 
 
 def lr_scheduler_kwargs(cfg: CN) -> Dict[str, Any]:

@@ -224,11 +224,12 @@ class JLMLEngine(_tr.engine.ImageSoftmaxEngine):
         self.update_lr()
         return summary
 
-    def resume(self, path: str) -> int:
+    def resume(self, path: str, checkpoint: Optional[Dict[str, Any]] = None) -> int:
         """Restores a checkpoint (weights, optimizer, scheduler, scaler, RNG states, the
-        last Rank-1 and the throughput counters); returns the epoch to continue from."""
+        last Rank-1 and the throughput counters) from ``path``, or from ``checkpoint``, its
+        contents already loaded; returns the epoch to continue from."""
         checkpoint = resume(path, self.model, self.optimizer, self.scheduler,
-                            self.precision.scaler)
+                            self.precision.scaler, checkpoint)
         self.rank1 = float(checkpoint.get('rank1', 0.0))
         self.throughput.load_state_dict(checkpoint.get('counters') or {})
         return int(checkpoint['epoch'])

@@ -22,8 +22,8 @@ import yaml
 from yacs.config import CfgNode as CN
 
 from . import _torchreid
-from .checkpoint import latest_checkpoint
-from .config import (config_changes, engine_run_kwargs, get_cfg, imagedata_kwargs,
+from .checkpoint import latest_readable_checkpoint
+from .config import (check_optimizer, config_changes, engine_run_kwargs, get_cfg, imagedata_kwargs,
                      load_config, lr_scheduler_kwargs, optimizer_kwargs, trained_config)
 from .data import check_datasets
 from .distributed import (DistInfo, barrier, distributed_train_loader, init_from_env,
@@ -64,6 +64,7 @@ def validate(cfg: CN, check_data: bool = True) -> None:
     _one_of('sampler.train_sampler', cfg.sampler.train_sampler, _tr.available_samplers())
     _one_of('train.optim', cfg.train.optim, _tr.available_optimizers())
     _one_of('train.lr_scheduler', cfg.train.lr_scheduler, _tr.available_schedulers())
+    check_optimizer(cfg)
     check_amp(cfg.train.amp)
     _one_of('dist.backend', cfg.dist.backend, ['auto', 'nccl', 'gloo'])
     _one_of('test.dist_metric', cfg.test.dist_metric, ['euclidean', 'cosine'])
@@ -205,12 +206,14 @@ def check_resumable(cfg: CN) -> None:
                           f'saved, or start in a new data.save_dir')
 
 
-def _resume_path(cfg: CN, resume_latest: bool) -> Optional[str]:
+def _resume_from(cfg: CN, resume_latest: bool) -> Tuple[Optional[str], Optional[Dict[str, Any]]]:
+    """The checkpoint to resume from: ``model.resume`` as named (loaded by the engine), or
+    with ``resume_latest`` the newest readable one in ``save_dir`` with its contents."""
     if cfg.model.resume:
-        return cfg.model.resume
+        return cfg.model.resume, None
     if resume_latest:
-        return latest_checkpoint(cfg.data.save_dir)
-    return None
+        return latest_readable_checkpoint(cfg.data.save_dir) or (None, None)
+    return None, None
 
 
 def build_datamanager(cfg: CN, main: bool = True, distributed: bool = False):
@@ -287,7 +290,7 @@ def train(cfg: CN, resume_latest: bool = False, dist_info: Optional[DistInfo] = 
     if distributed and dist_info is None:
         dist_info = init_from_env(cfg.dist.backend, cfg.use_gpu)
     main = dist_info is None or dist_info.is_main
-    path = _resume_path(cfg, resume_latest)
+    path, checkpoint = _resume_from(cfg, resume_latest)
     if main:
         if path and not cfg.model.resume:
             check_resumable(cfg)
@@ -316,7 +319,7 @@ def train(cfg: CN, resume_latest: bool = False, dist_info: Optional[DistInfo] = 
 
     run_kwargs = engine_run_kwargs(cfg)
     if path:
-        run_kwargs['start_epoch'] = engine.resume(path)
+        run_kwargs['start_epoch'] = engine.resume(path, checkpoint)
         if main:
             print(f'Resumed from {path}: continuing at epoch {run_kwargs["start_epoch"] + 1}')
     outcome = engine.run(**run_kwargs)

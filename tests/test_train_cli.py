@@ -116,6 +116,25 @@ def test_resume_refuses_a_checkpoint_trained_with_another_config(tiny_opts, tmp_
     assert 'continuing at epoch 2' in out
 
 
+def test_resume_passes_over_a_corrupt_newest_checkpoint(tiny_opts, tmp_path, capsys):
+    opts = list(tiny_opts)
+    opts[opts.index('train.max_epoch') + 1] = '2'
+    assert _run(opts, capsys)[0] == 0
+    newest = tmp_path / 'log' / 'model' / 'model.pth.tar-2'
+    newest.write_bytes(newest.read_bytes()[:1000])  # a copy cut short
+    code, out, err = _run(opts + ['--resume'], capsys)
+    assert code == 0, err
+    assert f'cannot read checkpoint {newest}' in out and 'trying the checkpoint before it' in out
+    assert f'Resumed from {tmp_path / "log" / "model" / "model.pth.tar-1"}: continuing at epoch 2' in out
+    assert _final_state(str(tmp_path / 'log'))['epoch'] == 2  # epoch 2 trained again, saved whole
+    # With every checkpoint unreadable, it says so in one line.
+    for path in (tmp_path / 'log' / 'model').iterdir():
+        path.write_bytes(b'not a checkpoint')
+    code, _, err = _run(opts + ['--resume'], capsys)
+    assert code == 2 and err.count('\n') == 1
+    assert 'none of the 2 checkpoints under' in err and 'start again in a new data.save_dir' in err
+
+
 def test_keeps_only_the_newest_checkpoints(tiny_opts, tmp_path, capsys):
     opts = list(tiny_opts)
     opts[opts.index('train.max_epoch') + 1] = '3'
@@ -150,6 +169,12 @@ def test_a_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tiny_
     (['train.optim', 'adamw'], "unknown train.optim 'adamw'; choose one of: adam, amsgrad, sgd"),
     (['data.sources', "['market15O1']"], "unknown dataset 'market15O1'; torchreid knows:"),
     (['data.height', '72'], 'data.height 72 cannot be split into jlml.num_stripes 4 stripes: use a multiple of 16'),
+    (['train.lr', '-1'], 'train.lr must be > 0, got -1.0'),
+    (['train.lr', '0'], 'train.lr must be > 0, got 0.0'),
+    (['train.weight_decay', '-5e-4'], 'train.weight_decay must be >= 0, got -0.0005'),
+    (['sgd.momentum', '1.0'], 'sgd.momentum must be in [0, 1), got 1.0'),
+    (['adam.beta2', '1.5'], 'adam.beta2 must be in [0, 1), got 1.5'),
+    (['rmsprop.alpha', '-0.1'], 'rmsprop.alpha must be in [0, 1), got -0.1'),
 ])
 def test_bad_input_is_one_clear_line(tiny_opts, capsys, extra, message):
     code, _, err = _run(tiny_opts + extra, capsys)
