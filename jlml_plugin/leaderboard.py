@@ -3,19 +3,26 @@
     jlml-leaderboard --config configs/leaderboard/cuhk01.yaml --root <folder holding cuhk01/>
 
 A leaderboard config names one ``protocol`` (a torchreid-style config section: dataset,
-input size, transforms, optimizer, lr schedule, epochs, batch, sampler, seed), the
-``splits`` to run, the ``models`` and optional ``ablations`` (each with its own splits,
-and with the ``claim`` it tests against a ``reference`` model, tabled split by split).
-Every run goes through :func:`jlml_plugin.runner.train`: torchreid's data manager,
-sampler, engine path and the exact evaluator. A model entry may override only
-``jlml.*`` keys (the ablations' knobs): the protocol is never tuned per model.
+input size, transforms, optimizer, lr schedule, epochs, batch, sampler), the ``splits``
+and ``seeds`` to run, the ``models`` and optional ``ablations`` (each with its own splits,
+and with the ``claim`` it tests against a ``reference`` model). Every run goes through
+:func:`jlml_plugin.runner.train`: torchreid's data manager, sampler, engine path and the
+exact evaluator. A model entry may override only ``jlml.*`` keys (the ablations' knobs)
+and its ``seeds``: the protocol is shared.
+
+An optional ``tune`` section gives every model the same validation budget: each model is
+trained at every point of one ``grid`` (e.g. three values of ``train.lr``) on a tuning
+split whose identities no board split tests, its settings are chosen by the ``rule``
+written in the config, and the board then trains it with them. Ablations train with their
+reference's choice. Tuning runs are a leaderboard of their own, in ``tune.output``.
 
 The whole config is validated before anything trains. Finished runs are recorded
-atomically in ``<output>/results.jsonl`` and skipped when the command runs again; an
-interrupted run resumes from its last checkpoint. After each run the CSV, JSON,
-Markdown table and CMC plot are rewritten. Several runners (e.g. one per core or per
+atomically in ``<output>/results.jsonl`` (their per-query outcomes in ``queries.jsonl``)
+and skipped when the command runs again; an interrupted run resumes from its last
+checkpoint. After each run the reports are rewritten: CSV, JSON, Markdown tables with
+paired intervals, the CMC and forest plots. Several runners (e.g. one per core or per
 GPU) may work on one results folder at once: each run is claimed with a lock, so they
-share out the runs.
+share out the runs, and a board run waits while another runner tunes its model.
 """
 from __future__ import annotations
 
@@ -35,14 +42,20 @@ from ._cli import Tee, command_parser, main_wrapper
 from ._files import atomic_write_text, exclusive_lock
 from .config import (config_changes, config_chain, flatten, get_cfg, merge_dict, merge_values,
                      trained_config)
-from .errors import ConfigError
+from .errors import ConfigError, NonFiniteLossError, one_line
 from .runner import train, validate
 
 __all__ = ['Run', 'load_leaderboard', 'plan_runs', 'ablation_claims', 'run_leaderboard', 'main']
 
-_TOP_KEYS = {'name', 'title', 'output', 'root', 'splits', 'protocol', 'models', 'ablations'}
+_TOP_KEYS = {'name', 'title', 'output', 'root', 'splits', 'seeds', 'protocol', 'models',
+             'ablations', 'tune'}
 _ABLATION_KEYS = {'reference', 'splits', 'models'}
-_ENTRY_KEYS = ('name', 'label', 'overrides')
+_TUNE_KEYS = {'dataset', 'split', 'output', 'grid', 'rule'}
+_ENTRY_KEYS = ('name', 'label', 'overrides', 'seeds')
+#: The tuning rules a config may name: each scores a grid point's record.
+TUNING_RULES = {'rank1 + mAP': lambda record: record['rank1'] + record['mAP']}
+#: Seconds between looks at runs another runner holds.
+POLL_SECONDS = 60
 
 
 @dataclass
@@ -50,12 +63,22 @@ class Run:
     label: str
     model: str
     split_id: int
-    group: str
+    group: str  # 'models', 'ablation' or 'tune'
     overrides: Dict[str, Any] = field(default_factory=dict)
+    seed: int = 1
+    #: Its folder below ``runs/<label>/``: ``split<N>``, or ``split<N>-seed<S>`` for a seed
+    #: other than the board's first.
+    tag: str = ''
+    #: The label whose tuning choice it trains with ('' on a board without tuning).
+    tuned_as: str = ''
 
     @property
     def key(self) -> str:
-        return f'{self.label}/split{self.split_id}'
+        return f'{self.label}/{self.tag}'
+
+    @property
+    def ident(self) -> tuple:
+        return self.label, self.split_id, self.seed
 
 
 def load_leaderboard(path: str) -> Dict[str, Any]:
@@ -76,11 +99,41 @@ def load_leaderboard(path: str) -> Dict[str, Any]:
         if not spec.get(key):
             raise ConfigError(f'{path} needs a {key!r} entry')
     ablation_claims(spec)  # a bad ablations section fails here, not after the first run
+    _check_tune(spec.get('tune'), path)
     return spec
 
 
-def _entries(items: List[Any], where: str, keys: Tuple[str, ...] = _ENTRY_KEYS
-             ) -> List[Dict[str, Any]]:
+def _check_tune(tune: Optional[Dict[str, Any]], path: str) -> None:
+    if not tune:
+        return
+    unknown = set(tune) - _TUNE_KEYS
+    if unknown:
+        raise ConfigError(f'unknown tune key(s) {sorted(unknown)} in {path}; expected '
+                          f'{sorted(_TUNE_KEYS)}')
+    for key in ('dataset', 'output', 'grid', 'rule'):
+        if not tune.get(key):
+            raise ConfigError(f'{path}: tune needs a {key!r} entry')
+    if tune['rule'] not in TUNING_RULES:
+        raise ConfigError(f'{path}: unknown tune.rule {tune["rule"]!r}; choose one of '
+                          f'{sorted(TUNING_RULES)}')
+    grid = flatten(tune['grid'])
+    if not all(isinstance(v, list) and v for v in grid.values()):
+        raise ConfigError(f'{path}: every tune.grid key needs a list of values, got {grid}')
+
+
+def _seeds(spec: Dict[str, Any], entry: Optional[Dict[str, Any]] = None) -> List[int]:
+    """An entry's seeds: its own, else the board's, else the protocol's ``train.seed``."""
+    seeds = (entry or {}).get('seeds') or spec.get('seeds') or [
+        (spec['protocol'].get('train') or {}).get('seed', 1)]
+    if not all(isinstance(s, int) for s in seeds):
+        raise ConfigError(f'seeds must be a list of integers, got {seeds!r}')
+    return list(seeds)
+
+
+def _entries(items: List[Any], where: str, keys: Tuple[str, ...] = _ENTRY_KEYS,
+             grid: Tuple[str, ...] = ()) -> List[Dict[str, Any]]:
+    """The entries of a ``models`` list, each with a label and flat overrides; an override
+    may name a ``grid`` key (every model gets each of its values) or a ``jlml.*`` key."""
     out = []
     for item in items or []:
         entry = {'name': item} if isinstance(item, str) else dict(item)
@@ -90,7 +143,7 @@ def _entries(items: List[Any], where: str, keys: Tuple[str, ...] = _ENTRY_KEYS
         if extra:
             raise ConfigError(f'unknown key(s) {sorted(extra)} in {where} entry {entry["name"]}')
         overrides = flatten(entry.get('overrides') or {})
-        tuned = [k for k in overrides if not k.startswith('jlml.')]
+        tuned = [k for k in overrides if not k.startswith('jlml.') and k not in grid]
         if tuned:
             raise ConfigError(f'{where} entry {entry["name"]} overrides {tuned}: only jlml.* '
                               f'keys may differ between models; the protocol is shared')
@@ -98,6 +151,11 @@ def _entries(items: List[Any], where: str, keys: Tuple[str, ...] = _ENTRY_KEYS
         entry.setdefault('label', entry['name'])
         out.append(entry)
     return out
+
+
+def _models(spec: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """The ``models`` entries (of a tuning spec: the grid's keys may differ between them)."""
+    return _entries(spec['models'], 'models', grid=tuple(spec.get('grid', ())))
 
 
 def _ablation_entries(spec: Dict[str, Any]) -> List[Dict[str, Any]]:
@@ -114,7 +172,7 @@ def ablation_claims(spec: Dict[str, Any]) -> Tuple[str, Dict[str, str]]:
     model beating it would show (e.g. 'joint features beat global-only')."""
     reference = (spec.get('ablations') or {}).get('reference', '')
     stated = {e['label']: e['claim'] for e in _ablation_entries(spec) if e.get('claim')}
-    labels = [e['label'] for e in _entries(spec['models'], 'models')]
+    labels = [e['label'] for e in _models(spec)]
     if stated and reference not in labels:
         raise ConfigError(f'ablations.reference must name the model the claims are measured '
                           f'against, one of {labels}; got {reference!r}')
@@ -122,33 +180,95 @@ def ablation_claims(spec: Dict[str, Any]) -> Tuple[str, Dict[str, str]]:
 
 
 def plan_runs(spec: Dict[str, Any]) -> List[Run]:
-    """Every (model, split) run, split by split, so early results cover every model."""
-    models = _entries(spec['models'], 'models')
+    """Every (model, split, seed) run, split by split, so early results cover every model."""
+    models = _models(spec)
     ablations = spec.get('ablations') or {}
     ablation_models = _ablation_entries(spec)
     ablation_splits = ablations.get('splits', spec['splits'][:1])
+    first_seed = _seeds(spec)[0]
+    tuned = bool(spec.get('tune'))
+    reference = ablations.get('reference', '')
+
+    def runs_of(entry, split, group, tuned_as):
+        return [Run(entry['label'], entry['name'], split, group, entry['overrides'], seed,
+                    f'split{split}' + (f'-seed{seed}' if seed != first_seed else ''),
+                    tuned_as if tuned else '')
+                for seed in _seeds(spec, entry)]
+
     runs = []
     for split in dict.fromkeys(list(spec['splits']) + list(ablation_splits)):
         if split in spec['splits']:
-            runs += [Run(m['label'], m['name'], split, 'models', m['overrides']) for m in models]
+            runs += [r for m in models for r in runs_of(m, split, 'models', m['label'])]
         if split in ablation_splits:
-            runs += [Run(m['label'], m['name'], split, 'ablation', m['overrides'])
-                     for m in ablation_models]
-    labels = [r.key for r in runs]
-    if len(labels) != len(set(labels)):
+            runs += [r for m in ablation_models for r in runs_of(m, split, 'ablation', reference)]
+    keys = [r.key for r in runs]
+    if len(keys) != len(set(keys)):
         raise ConfigError('two leaderboard entries share a label; give each a distinct label')
     return runs
 
 
-def _run_config(spec: Dict[str, Any], run: Run, root: str, output: str):
+def tuning_spec(spec: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The leaderboard of ``spec``'s tuning runs (None without a ``tune`` section): the
+    protocol on ``tune.dataset``, each model once per grid point, labelled
+    ``<label>@<key>=<value>``."""
+    tune = spec.get('tune')
+    if not tune:
+        return None
+    grid = flatten(tune['grid'])
+    models = []
+    for entry in _models(spec):
+        for point in _grid_points(grid):
+            label = entry['label'] + '@' + ','.join(f'{k}={v}' for k, v in point.items())
+            models.append(dict(label=label, name=entry['name'],
+                               overrides={**entry['overrides'], **point}))
+    protocol = merge_values(spec['protocol'], {'data': {'sources': [tune['dataset']],
+                                                        'targets': [tune['dataset']]}})
+    return dict(name=f"{spec.get('name', 'leaderboard')}_tune", output=tune['output'],
+                title=f"Tuning runs of {spec.get('name', 'the leaderboard')}: {tune['dataset']}, "
+                      f"rule: highest {tune['rule']}",
+                splits=[tune.get('split', 0)], seeds=_seeds(spec)[:1], protocol=protocol,
+                models=models, ablations={}, grid=grid, rule=tune['rule'])
+
+
+def _grid_points(grid: Dict[str, List[Any]]) -> List[Dict[str, Any]]:
+    points: List[Dict[str, Any]] = [{}]
+    for key, values in grid.items():
+        points = [{**p, key: v} for p in points for v in values]
+    return points
+
+
+def tuning_choices(spec: Dict[str, Any], output: str = '') -> Dict[str, Dict[str, Any]]:
+    """Each model's chosen grid point, for the models whose every grid point has finished
+    (a run that diverged scores lowest); ties go to the earlier grid point."""
+    tuning = tuning_spec(spec)
+    if tuning is None:
+        return {}
+    folder = output or tuning['output']
+    score = TUNING_RULES[tuning['rule']]
+    finished = {r['label']: score(r) for r in report.load_records(folder)}
+    finished.update({r['label']: float('-inf') for r in report.load_diverged(folder)})
+    choices = {}
+    for entry in _models(spec):
+        points = [(f"{entry['label']}@" + ','.join(f'{k}={v}' for k, v in p.items()), p)
+                  for p in _grid_points(tuning['grid'])]
+        if all(label in finished for label, _ in points):
+            choices[entry['label']] = max(points, key=lambda lp: finished[lp[0]])[1]
+    return choices
+
+
+def _run_config(spec: Dict[str, Any], run: Run, root: str, output: str,
+                settings: Optional[Dict[str, Any]] = None):
+    """The run's config: the protocol, its model, split and seed, its tuned ``settings``,
+    then its entry's overrides."""
     cfg = get_cfg()
     merge_dict(cfg, spec['protocol'], 'in protocol')
-    merge_dict(cfg, {'model': {'name': run.model}, 'data': {'split_id': run.split_id}},
-               'in models')
+    merge_dict(cfg, {'model': {'name': run.model}, 'data': {'split_id': run.split_id},
+                     'train': {'seed': run.seed}}, 'in models')
+    merge_dict(cfg, settings or {}, f'in the settings tuned for {run.tuned_as}')
     merge_dict(cfg, run.overrides, f'in {run.label} overrides')
     if root:
         cfg.data.root = root
-    cfg.data.save_dir = os.path.join(output, 'runs', run.label, f'split{run.split_id}')
+    cfg.data.save_dir = os.path.join(output, 'runs', run.label, run.tag)
     return cfg
 
 
@@ -172,83 +292,183 @@ def _check_writable(folder: str) -> None:
         raise ConfigError(f'cannot write to the results folder {folder}: {exc.strerror or exc}') from exc
 
 
+def _select(runs: List[Run], only: Optional[List[str]], splits: Optional[List[int]],
+            tuning: bool = False) -> List[Run]:
+    """``--only`` keeps the labels named (a tuning run by its model's label); ``--splits``
+    keeps the board splits named (tuning runs have their own split)."""
+    if only:
+        runs = [r for r in runs if (r.label.split('@')[0] if tuning else r.label) in only]
+    if splits and not tuning:
+        runs = [r for r in runs if r.split_id in splits]
+    return runs
+
+
 def run_leaderboard(config: str, root: str = '', output: str = '', only: Optional[List[str]] = None,
                     dry_run: bool = False, splits: Optional[List[int]] = None
                     ) -> List[Dict[str, Any]]:
     spec = load_leaderboard(config)
     output = output or spec['output']
-    runs = plan_runs(spec)
-    order = _label_order(runs)
-    if only:
-        runs = [r for r in runs if r.label in only]
-        if not runs:
-            raise ConfigError(f'--only {",".join(only)} matches no leaderboard entry')
-    if splits:
-        runs = [r for r in runs if r.split_id in splits]
-        if not runs:
-            raise ConfigError(f'--splits {",".join(map(str, splits))} matches no planned run')
-    fingerprint = protocol_hash(spec)
-    # Validate everything before the first epoch: splits, models, datasets, folders.
-    configs = {run.key: _run_config(spec, run, root or spec.get('root', ''), output)
-               for run in runs}
-    for run in runs:
-        try:
-            validate(configs[run.key])
-        except ConfigError as exc:
-            raise ConfigError(f'{run.label}: {exc}') from exc
-    _check_writable(output)
-    done, stale = _finished_runs(output, fingerprint, configs)
-    todo = [r for r in runs if r.key not in done]
-    print(f'Leaderboard {spec.get("name", config)}: {len(runs)} runs, {len(runs) - len(todo)} done, '
-          f'{len(todo)} to go; results in {output}')
-    for run in todo:
-        if run.key in stale:
-            print(f'  {run.key}: its record trained another config ({"; ".join(stale[run.key])}); '
-                  f'it is rerun, and the record moves to {report.SUPERSEDED} when the new one lands')
+    root = root or spec.get('root', '')
+    boards = [Board(spec, output, root)]
+    tuning = tuning_spec(spec)
+    if tuning:  # the tuning runs come first: the board's runs need their choices
+        boards.insert(0, Board(tuning, tuning['output'], root, tuning=True))
+    if only and not any(_select(board.runs, only, None, board.tuning) for board in boards):
+        raise ConfigError(f'--only {",".join(only)} matches no leaderboard entry')
+    for board in boards:
+        board.todo = _select(board.runs, only, splits, board.tuning)
+    if splits and not boards[-1].todo:
+        raise ConfigError(f'--splits {",".join(map(str, splits))} matches no planned run')
+    for board in boards:  # validate everything before the first epoch
+        board.check()
+    choices = tuning_choices(spec)
+    for board in boards:
+        done, stale = board.finished(choices)
+        selected = len(board.todo)
+        board.todo = [r for r in board.todo if r.ident not in done]
+        print(f'Leaderboard {board.name}: {selected} runs, {selected - len(board.todo)} done, '
+              f'{len(board.todo)} to go; results in {board.output}')
+        for run in board.todo:
+            if run.ident in stale:
+                print(f'  {run.key}: its record trained another config '
+                      f'({"; ".join(stale[run.ident])}); it is rerun, and the record moves '
+                      f'to {report.SUPERSEDED} when the new one lands')
     if dry_run:
-        for run in todo:
-            print(f'  would run {run.key} ({run.model})')
+        for board in boards:
+            for run in board.todo:
+                print(f'  would run {run.key} ({run.model})')
         return report.summarize(report.load_records(output))
     env = report.environment()
-    atomic_write_text(os.path.join(output, 'environment.json'), json.dumps(env, indent=1))
-    for index, run in enumerate(todo, 1):
-        cfg = configs[run.key]
-        # Runners may share a leaderboard: each claims a run and re-reads what is finished
-        # under its claim, so they split the work and never train one run twice.
-        with exclusive_lock(os.path.join(cfg.data.save_dir, '.claim'), wait=False) as claimed:
-            if not claimed or run.key in _finished_runs(output, fingerprint, configs)[0]:
-                print(f'\n[{index}/{len(todo)}] {run.key}: skipped, another runner '
-                      f'{"is training" if not claimed else "has finished"} it')
-                continue
-            print(f'\n[{index}/{len(todo)}] {run.key}: {run.model} on {cfg.data.sources} split '
-                  f'{run.split_id}', flush=True)
-            record, queries = _train_and_evaluate(cfg, run, fingerprint, env)
-            report.append_record(output, record, queries)
-            _write_report(spec, output, order, env)
-        print(f'=> {run.key}: R1 {record["rank1"]:.1%} mAP {record["mAP"]:.1%} '
-              f'mINP {record["mINP"]:.1%} ({record["wall_seconds"] / 60:.0f} min)', flush=True)
-    return _write_report(spec, output, order, env)
+    for board in boards:
+        atomic_write_text(os.path.join(board.output, 'environment.json'), json.dumps(env, indent=1))
+    _work(boards, spec, env)
+    return boards[-1].write_report(env)
+
+
+class Board:
+    """One leaderboard's runs, configs and results folder (the board, or its tuning runs)."""
+
+    def __init__(self, spec: Dict[str, Any], output: str, root: str, tuning: bool = False):
+        self.spec, self.output, self.root, self.tuning = spec, output, root, tuning
+        self.name = spec.get('name', output)
+        self.runs = plan_runs(spec)
+        self.order = _label_order(self.runs)
+        self.fingerprint = protocol_hash(spec)
+        self.todo: List[Run] = []
+
+    def config(self, run: Run, choices: Optional[Dict[str, Dict[str, Any]]] = None):
+        return _run_config(self.spec, run, self.root, self.output,
+                           (choices or {}).get(run.tuned_as))
+
+    def check(self) -> None:
+        """Validates every run to do (board runs with the protocol's values of the tuned
+        keys) and the results folder."""
+        for run in self.todo:
+            try:
+                validate(self.config(run))
+            except ConfigError as exc:
+                raise ConfigError(f'{run.label}: {exc}') from exc
+        _check_writable(self.output)
+
+    def finished(self, choices: Optional[Dict[str, Dict[str, Any]]] = None):
+        """The recorded runs that stand, and the stale ones with what changed (see
+        :func:`_finished_runs`)."""
+        return _finished_runs(self.output, self.fingerprint,
+                              {r.ident: self.config(r, choices) for r in self.runs})
+
+    def write_report(self, env: Dict[str, Any]) -> List[Dict[str, Any]]:
+        return _write_report(self.spec, self.output, self.order, env)
+
+
+def _work(boards: List[Board], spec: Dict[str, Any], env: Dict[str, Any]) -> None:
+    """Trains every run left, board by board. Runners may share the folders: each claims
+    a run and re-reads what is finished under its claim, so they split the work and never
+    train one run twice. A board run waits for its model's tuning: while another runner
+    trains a tuning run it needs, this one looks again every ``POLL_SECONDS``."""
+    while True:
+        progressed = False
+        choices = tuning_choices(spec)
+        for board in boards:
+            for run in list(board.todo):
+                if run.tuned_as and run.tuned_as not in choices:
+                    continue  # its model's tuning is not finished
+                board.todo.remove(run)
+                cfg = board.config(run, choices)
+                with exclusive_lock(os.path.join(cfg.data.save_dir, '.claim'),
+                                    wait=False) as claimed:
+                    if not claimed or run.ident in board.finished(choices)[0]:
+                        print(f'\n{run.key}: skipped, another runner '
+                              f'{"is training" if not claimed else "has finished"} it')
+                        continue
+                    print(f'\n{board.name} {run.key}: {run.model} on {cfg.data.sources} split '
+                          f'{run.split_id}, seed {run.seed}', flush=True)
+                    _train_one(board, run, cfg, env)
+                    progressed = True
+        waiting = [run for board in boards for run in board.todo]
+        if progressed:
+            continue
+        if not waiting:
+            return
+        if not any(_tuning_in_progress(boards[0], run.tuned_as) for run in waiting):
+            print(f'{len(waiting)} runs wait for tuning runs that no runner is training: '
+                  + ', '.join(r.key for r in waiting))
+            return
+        time.sleep(POLL_SECONDS)
+
+
+def _tuning_in_progress(tuning: Board, label: str) -> bool:
+    """Whether another runner is training one of ``label``'s unfinished tuning runs."""
+    done = tuning.finished()[0]
+    for run in tuning.runs:
+        if run.label.split('@')[0] == label and run.ident not in done:
+            with exclusive_lock(os.path.join(tuning.config(run).data.save_dir, '.claim'),
+                                wait=False) as claimed:
+                if not claimed:
+                    return True
+    return False
+
+
+def _train_one(board: Board, run: Run, cfg, env: Dict[str, Any]) -> None:
+    """Trains and records one run. A tuning run that diverges is recorded as diverged
+    (it scores lowest); a board run that diverges stops the leaderboard."""
+    try:
+        record, queries = _train_and_evaluate(cfg, run, board.fingerprint, env)
+    except NonFiniteLossError as exc:
+        if not board.tuning:
+            raise
+        report.append_diverged(board.output, dict(label=run.label, split_id=run.split_id,
+                                                  seed=run.seed, error=one_line(exc)))
+        print(f'=> {run.key}: diverged ({one_line(exc)})', flush=True)
+        board.write_report(env)
+        return
+    report.append_record(board.output, record, queries)
+    board.write_report(env)
+    print(f'=> {run.key}: R1 {record["rank1"]:.1%} mAP {record["mAP"]:.1%} '
+          f'mINP {record["mINP"]:.1%} ({record["wall_seconds"] / 60:.0f} min)', flush=True)
 
 
 def _write_report(spec: Dict[str, Any], output: str, order: List[str], env: Dict[str, Any]
                   ) -> List[Dict[str, Any]]:
     reference, stated = ablation_claims(spec)
+    models = [e['label'] for e in _models(spec)] if reference else []
     return report.write_report(output, order, title=spec.get('title', ''),
-                               header=_header(spec, env), reference=reference, claims=stated)
+                               header=_header(spec, env), reference=reference, claims=stated,
+                               rankings=models)
 
 
-def _finished_runs(output: str, fingerprint: str, configs: Dict[str, Any]
-                   ) -> Tuple[Dict[str, Dict[str, Any]], Dict[str, List[str]]]:
-    """The recorded runs that stand, and the stale ones with what changed. A record is
-    stale when the config it trained (``config``) differs from what its entry trains now,
-    e.g. after a default changed; records from before records carried it are taken as
-    they are."""
-    done, stale = {}, {}
+def _finished_runs(output: str, fingerprint: str, configs: Dict[tuple, Any]
+                   ) -> Tuple[Dict[tuple, Dict[str, Any]], Dict[tuple, List[str]]]:
+    """The recorded runs that stand, and the stale ones with what changed, by run
+    identity (label, split, seed); a tuning run that diverged is done. A record is stale when the config it trained
+    (``config``) differs from what its entry trains now, e.g. after a default changed;
+    records from before records carried it are taken as they are."""
+    done: Dict[tuple, Dict[str, Any]] = {report.run_key(d): d for d in report.load_diverged(output)}
+    stale = {}
     for record in report.load_records(output):
         if record.get('protocol') != fingerprint:
             raise ConfigError(f'{output} holds results of another protocol ({record.get("protocol")}'
                               f' vs {fingerprint}); use a new output folder')
-        key = f'{record["label"]}/split{record["split_id"]}'
+        key = report.run_key(record)
         changes = (config_changes(record['config'], trained_config(configs[key]))
                    if 'config' in record and key in configs else [])
         if changes:
@@ -285,9 +505,20 @@ def _train_and_evaluate(cfg, run: Run, fingerprint: str, env: Dict[str, Any]
 
 def _header(spec: Dict[str, Any], env: Dict[str, Any]) -> str:
     protocol = yaml.safe_dump(spec['protocol'], sort_keys=False).strip()
-    return (f'Every model: the same protocol, below; R1/R5/R10/mAP/mINP in %, mean ± std over '
-            f'splits.\nEnvironment: {env["device"]}, torch {env["torch"]}, {env["torchreid"]}.\n\n'
-            f'```yaml\n{protocol}\n```\n')
+    text = (f'Every model: the same protocol, below; R1/R5/R10/mAP/mINP in %, mean ± std over '
+            f'splits and seeds.\nEnvironment: {env["device"]}, torch {env["torch"]}, '
+            f'{env["torchreid"]}.\n\n```yaml\n{protocol}\n```\n')
+    tuning = tuning_spec(spec)
+    if tuning:
+        grid = ', '.join(f'{k} in {v}' for k, v in tuning['grid'].items())
+        choices = tuning_choices(spec)
+        text += (f'\nEach model was tuned on `{spec["tune"]["dataset"]}` with the same budget, '
+                 f'one run per grid point ({grid}), and trained here with the point of highest '
+                 f'{tuning["rule"]} (records: `{tuning["output"]}`); ablations train with '
+                 f'their reference\'s. Chosen: ' + '; '.join(
+                     f'{label} ' + ', '.join(f'{k}={v}' for k, v in point.items())
+                     for label, point in choices.items()) + '.\n')
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,16 +13,18 @@ import json
 import os
 import platform
 from collections import OrderedDict
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from . import _torchreid
+from . import _torchreid, stats
 from ._files import atomic_open, atomic_write_text, exclusive_lock
 
-__all__ = ['environment', 'load_records', 'load_queries', 'run_key', 'append_record', 'summarize', 'write_report', 'plot_cmc',
-           'markdown_table', 'per_split_table', 'claims_table']
+__all__ = ['environment', 'load_records', 'load_queries', 'load_diverged', 'append_diverged',
+           'run_key', 'append_record', 'summarize', 'write_report', 'plot_cmc',
+           'markdown_table', 'per_split_table', 'intervals_table', 'compare',
+           'comparisons_table', 'plot_forest']
 
 RECORDS = 'results.jsonl'
 #: Each run's per-query outcomes (:class:`~jlml_plugin.metrics.PerQuery`), one line per
@@ -32,6 +34,8 @@ QUERIES = 'queries.jsonl'
 #: reruns a run only when its record is stale).
 SUPERSEDED = 'superseded.jsonl'
 SUPERSEDED_QUERIES = 'superseded_queries.jsonl'
+#: Tuning runs whose loss stopped being a number: label, split, seed and the error.
+DIVERGED = 'diverged.jsonl'
 CSV_FIELDS = ['label', 'model', 'split_id', 'rank1', 'rank5', 'rank10', 'rank20', 'mAP', 'mINP',
               'single_shot_rank1', 'params', 'gflops', 'input', 'epochs', 'train_images_per_s', 'train_seconds',
               'wall_seconds', 'finished_at']
@@ -63,6 +67,16 @@ def load_queries(folder: str) -> List[Dict[str, Any]]:
 def _folder_lock(folder: str):
     """Serialises writers of one results folder (several leaderboard runners may share it)."""
     return exclusive_lock(os.path.join(folder, '.lock'))
+
+
+def load_diverged(folder: str) -> List[Dict[str, Any]]:
+    return _read_jsonl(os.path.join(folder, DIVERGED))
+
+
+def append_diverged(folder: str, entry: Dict[str, Any]) -> None:
+    """Records a run that diverged (``label``, ``split_id``, ``seed``, ``error``)."""
+    with _folder_lock(folder):
+        _write_jsonl(os.path.join(folder, DIVERGED), load_diverged(folder) + [entry])
 
 
 def run_key(record: Dict[str, Any]) -> tuple:
@@ -142,44 +156,99 @@ def markdown_table(rows: List[Dict[str, Any]]) -> str:
     return '\n'.join(out) + '\n'
 
 
+def _split_means(records: List[Dict[str, Any]]) -> Dict[tuple, Dict[str, float]]:
+    """R1 and mAP of each (label, split), averaged over its seeds, with the seed count."""
+    runs: Dict[tuple, List[Dict[str, Any]]] = OrderedDict()
+    for record in records:
+        runs.setdefault((record['label'], record['split_id']), []).append(record)
+    return {key: dict(rank1=float(np.mean([r['rank1'] for r in group])),
+                      mAP=float(np.mean([r['mAP'] for r in group])), seeds=len(group))
+            for key, group in runs.items()}
+
+
 def per_split_table(records: List[Dict[str, Any]], rows: List[Dict[str, Any]]) -> str:
-    """R1 (mAP) of every run, one column per split: the spread behind each mean ± std."""
+    """R1 (mAP) of every split, its seeds averaged (``×2``: two seeds): the spread behind
+    each mean ± std."""
     splits = sorted({split for row in rows for split in row['splits']})
-    runs = {(r['label'], r['split_id']): r for r in records}
+    means = _split_means(records)
     out = ['| Model | ' + ' | '.join(f'split {s}' for s in splits) + ' |',
            '|---|' + '---|' * len(splits)]
     for row in rows:
-        cells = [runs.get((row['label'], split)) for split in splits]
+        cells = [means.get((row['label'], split)) for split in splits]
         out.append(f"| {row['label']} | " + ' | '.join(
-            f"{run['rank1'] * 100:.1f} ({run['mAP'] * 100:.1f})" if run else '–'
-            for run in cells) + ' |')
+            f"{m['rank1'] * 100:.1f} ({m['mAP'] * 100:.1f})"
+            + (f" ×{m['seeds']}" if m['seeds'] > 1 else '') if m else '–'
+            for m in cells) + ' |')
     return '\n'.join(out) + '\n'
 
 
-def claims_table(records: List[Dict[str, Any]], reference: str, claims: Dict[str, str]) -> str:
-    """Each claim "``reference`` beats this ablation", paired split by split: the two runs
-    share the split's identities and queries, so their difference is the claim's evidence
-    on that split. A claim holds on a split when the reference leads in both R1 and mAP."""
-    runs = {(r['label'], r['split_id']): r for r in records}
-    splits = sorted({r['split_id'] for r in records
-                     if r['label'] == reference or r['label'] in claims})
-    out = ['| claim | ablation | ' + ' | '.join(f'split {s}' for s in splits) + ' | holds on |',
-           '|---|---|' + '---|' * len(splits) + '---|']
-    for label, claim in claims.items():
-        cells, held, paired = [], [], 0
-        for split in splits:
-            ours, theirs = runs.get((reference, split)), runs.get((label, split))
-            if not (ours and theirs):
-                cells.append('–')
-                continue
-            paired += 1
-            gain = {k: (ours[k] - theirs[k]) * 100 for k in ('rank1', 'mAP')}
-            cells.append(f"{gain['rank1']:+.1f} ({gain['mAP']:+.1f})")
-            if gain['rank1'] > 0 and gain['mAP'] > 0:
-                held.append(str(split))
-        verdict = f'{len(held)} of {paired}' + (f" ({', '.join(held)})" if held else '')
-        out.append(f"| {claim} | {label} | {' | '.join(cells)} | {verdict} |")
+def compare(records: List[Dict[str, Any]], queries: List[Dict[str, Any]],
+            pairs: List[Tuple[str, str, str]]) -> List[Dict[str, Any]]:
+    """Each ``(a, b, claim)``: ``a`` minus ``b`` in R1 and mAP (in points), per split from
+    the records (seeds averaged) and pooled over the splits both ran, with the paired 95%
+    interval over test identities (:mod:`jlml_plugin.stats`) and its verdict. The pooled
+    figures need per-query records of both; without them they are None."""
+    means = _split_means(records)
+    rows = []
+    for a, b, claim in pairs:
+        splits = sorted(s for (label, s) in means if label == a and (b, s) in means)
+        row = dict(a=a, b=b, claim=claim, splits=splits, per_split={
+            str(s): {k: (means[a, s][k] - means[b, s][k]) * 100 for k in ('rank1', 'mAP')}
+            for s in splits})
+        for metric in ('rank1', 'mAP'):
+            interval = stats.paired_interval(queries, a, b, metric, splits)
+            row[metric] = None if interval is None else dict(
+                vars(interval.scaled(100)), verdict=stats.verdict(interval))
+        rows.append(row)
+    return rows
+
+
+def _cell(pooled: Optional[Dict[str, Any]]) -> str:
+    if pooled is None:
+        return 'no per-query records'
+    return (f"{pooled['mean']:+.1f} [{pooled['low']:+.1f}, {pooled['high']:+.1f}] "
+            f"{pooled['verdict']}")
+
+
+def comparisons_table(rows: List[Dict[str, Any]], what: str) -> str:
+    """One row per comparison: the pooled difference with its interval and verdict in R1
+    and in mAP, then each split's difference, R1 (mAP)."""
+    splits = sorted({s for row in rows for s in row['splits']})
+    out = [f'| claim | {what} | R1 difference [95% CI] | mAP difference [95% CI] | '
+           + ' | '.join(f'split {s}' for s in splits) + ' |',
+           '|---|---|---|---|' + '---|' * len(splits)]
+    for row in rows:
+        cells = [row['per_split'].get(str(s)) for s in splits]
+        out.append(f"| {row['claim']} | {row['b']} | {_cell(row['rank1'])} | {_cell(row['mAP'])} | "
+                   + ' | '.join(f"{c['rank1']:+.1f} ({c['mAP']:+.1f})" if c else '–'
+                                for c in cells) + ' |')
     return '\n'.join(out) + '\n'
+
+
+def plot_forest(rows: List[Dict[str, Any]], path: str, title: str = '') -> None:
+    """A forest plot: one row per comparison (each with its pooled interval), its point and
+    95% interval in R1 (left) and mAP (right), zero marked."""
+    import matplotlib
+    matplotlib.use('Agg')
+    from matplotlib import pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(10, 1.2 + 0.45 * len(rows)), sharey=True)
+    y = np.arange(len(rows))[::-1]
+    for ax, metric in zip(axes, ('rank1', 'mAP')):
+        for yi, row in zip(y, rows):
+            pooled = row[metric]
+            colour = {'holds': 'tab:green', 'fails': 'tab:red'}.get(pooled['verdict'], 'tab:grey')
+            ax.plot([pooled['low'], pooled['high']], [yi, yi], color=colour, linewidth=2)
+            ax.plot(pooled['mean'], yi, 'o', color=colour)
+        ax.axvline(0, color='black', linewidth=0.8)
+        ax.set_xlabel(f"{'R1' if metric == 'rank1' else 'mAP'} difference (points), 95% interval")
+        ax.grid(axis='x', alpha=0.3)
+    axes[0].set_yticks(y)
+    axes[0].set_yticklabels([f"{row['a']} − {row['b']}" for row in rows], fontsize=8)
+    fig.suptitle(title or 'Paired differences, identities resampled', fontsize=10)
+    fig.tight_layout()
+    with atomic_open(path, 'wb') as f:
+        fig.savefig(f, format='png', dpi=110)
+    plt.close(fig)
 
 
 def plot_cmc(rows: List[Dict[str, Any]], path: str, max_rank: int = 20,
@@ -206,13 +275,31 @@ def plot_cmc(rows: List[Dict[str, Any]], path: str, max_rank: int = 20,
     plt.close(fig)
 
 
+def intervals_table(queries: List[Dict[str, Any]], rows: List[Dict[str, Any]]) -> str:
+    """Each model's R1 and mAP pooled over its splits and seeds, with the 95% interval
+    over test identities; models without per-query records are left out."""
+    out = ['| Model | runs | R1 [95% CI] | mAP [95% CI] |', '|---|---|---|---|']
+    for row in rows:
+        pooled = [stats.model_interval(queries, row['label'], m) for m in ('rank1', 'mAP')]
+        if pooled[0] is None:
+            continue
+        runs = sum(1 for q in queries if q['label'] == row['label'])
+        out.append(f"| {row['label']} | {runs} | " + ' | '.join(
+            f'{p.mean * 100:.1f} [{p.low * 100:.1f}, {p.high * 100:.1f}]' for p in pooled) + ' |')
+    return '\n'.join(out) + '\n' if len(out) > 2 else ''
+
+
 def write_report(folder: str, order: Optional[List[str]] = None, title: str = '',
-                 header: str = '', reference: str = '',
-                 claims: Optional[Dict[str, str]] = None) -> List[Dict[str, Any]]:
-    """Regenerates every report file in ``folder`` from its records; ``claims`` (ablation
-    label → what ``reference`` beating it would show) adds the paired claims table."""
+                 header: str = '', reference: str = '', claims: Optional[Dict[str, str]] = None,
+                 rankings: Sequence[str] = ()) -> List[Dict[str, Any]]:
+    """Regenerates every report file in ``folder`` from its records: ``results.csv``,
+    ``summary.json``, ``leaderboard.md``, ``cmc.png``, and where there are comparisons,
+    ``comparisons.json`` and ``forest.png``. ``claims`` (ablation label → what
+    ``reference`` beating it would show) and ``rankings`` (models ``reference`` is ranked
+    against) are compared with ``reference``, paired by query."""
     with _folder_lock(folder):  # the files then agree with one state of the records
         records = load_records(folder)
+        queries = load_queries(folder)
         rows = summarize(records, order)
         text = io.StringIO()
         writer = csv.DictWriter(text, fieldnames=CSV_FIELDS, extrasaction='ignore',
@@ -230,14 +317,45 @@ def write_report(folder: str, order: Optional[List[str]] = None, title: str = ''
             body += f'\n### {name}\n\n{markdown_table(group)}'
             if any(len(row['splits']) > 1 for row in group):
                 body += f'\n### {name}, per split: R1 (mAP)\n\n{per_split_table(records, group)}'
-        if claims:
-            body += (f'\n### claims, paired per split: {reference} minus the ablation, R1 (mAP)\n\n'
-                     f'{claims_table(records, reference, claims)}')
+            pooled = intervals_table(queries, group)
+            if pooled:
+                body += f'\n### {name}, pooled over splits and seeds\n\n{pooled}'
+        sections = {
+            'rankings': compare(records, queries, [(reference, label, f'{reference} beats {label}')
+                                                   for label in rankings if label != reference]),
+            'claims': compare(records, queries, [(reference, label, claim)
+                                                 for label, claim in (claims or {}).items()]),
+        }
+        for name, what in (('rankings', 'model'), ('claims', 'ablation')):
+            if sections[name]:
+                body += (f'\n### {name}: {reference} minus the {what}, paired by query\n\n'
+                         f'{comparisons_table(sections[name], what)}')
+        if any(sections.values()):
+            body += COMPARISONS_NOTE
+            atomic_write_text(os.path.join(folder, 'comparisons.json'),
+                              json.dumps(sections, indent=1) + '\n')
+            paired = [row for rows_ in sections.values() for row in rows_ if row['rank1']]
+            if paired:
+                plot_forest(paired, os.path.join(folder, 'forest.png'), title)
+        diverged = load_diverged(folder)
+        if diverged:
+            body += '\n### diverged\n\n' + ''.join(
+                f"- {d['label']} (split {d['split_id']}, seed {d['seed']}): {d['error']}\n"
+                for d in diverged)
         atomic_write_text(os.path.join(folder, 'leaderboard.md'),
                           f'# {title or "Leaderboard"}\n\n{header}{body}')
         if rows:
             plot_cmc(rows, os.path.join(folder, 'cmc.png'), title=title or 'CMC')
         return rows
+
+
+#: How to read the comparison tables, printed under them.
+COMPARISONS_NOTE = """
+Differences are in points. The interval is a paired bootstrap over test identities (both
+queries of a person are kept together; splits are strata; a model's seeds are averaged query
+by query), 10,000 draws, 95% percentile. **holds**: the interval lies above zero; **fails**:
+below; **not shown**: it contains zero. The per-split columns are point differences.
+"""
 
 
 def environment() -> Dict[str, Any]:

@@ -67,7 +67,7 @@ def bootstrap_mean(strata: Sequence[Tuple[np.ndarray, np.ndarray]], draws: int =
         raise ValueError('no queries to bootstrap')
     tail = (1 - level) / 2
     low, high = np.quantile(total_sum / total_count, [tail, 1 - tail])
-    return Interval(point_sum / point_count, float(low), float(high))
+    return Interval(float(point_sum / point_count), float(low), float(high))
 
 
 def verdict(interval: Interval) -> str:

@@ -6,7 +6,7 @@ import shutil
 import pytest
 import yaml
 
-from jlml_plugin import leaderboard
+from jlml_plugin import leaderboard, report
 from jlml_plugin._files import exclusive_lock
 from jlml_plugin.config import flat_keys, flatten
 
@@ -52,11 +52,26 @@ def test_synthetic_board_writes_every_report(board):
     assert '### ablation, per split' not in table  # one split each: nothing to spread
     jlml, jlml_global = (next(r for r in records if r['label'] == label and r['split_id'] == 0)
                          for label in ('jlml', 'jlml_global'))
-    gain = f"{(jlml['rank1'] - jlml_global['rank1']) * 100:+.1f}"
-    assert ('### claims, paired per split: jlml minus the ablation, R1 (mAP)\n\n'
-            '| claim | ablation | split 0 | split 1 | holds on |') in table
-    assert f'| joint features beat global-only | jlml_global | {gain} (' in table
+    gain = (jlml['rank1'] - jlml_global['rank1']) * 100
+    assert ('### claims: jlml minus the ablation, paired by query\n\n'
+            '| claim | ablation | R1 difference [95% CI] | mAP difference [95% CI] | split 0 |'
+            ) in table
+    assert f'| joint features beat global-only | jlml_global | {gain:+.1f} [' in table
     assert 'jlml_lambda0 |' not in table.split('### claims')[1]  # it states no claim
+    assert '| jlml beats osnet_x0_25 | osnet_x0_25 | ' in table
+    # The comparisons are computed from the per-query records alone.
+    queries = [json.loads(line) for line in open(os.path.join(board, 'queries.jsonl'))]
+    assert sorted((q['label'], q['split_id']) for q in queries) == sorted(
+        (r['label'], r['split_id']) for r in records)
+    for q in queries:
+        record = next(r for r in records if (r['label'], r['split_id']) == (q['label'], q['split_id']))
+        assert sum(rank == 1 for rank in q['first_rank']) / len(q['ap']) == pytest.approx(record['rank1'])
+        assert sum(q['ap']) / len(q['ap']) == pytest.approx(record['mAP'], abs=1e-6)
+    comparisons = json.load(open(os.path.join(board, 'comparisons.json')))
+    claim = comparisons['claims'][0]
+    assert claim['rank1']['mean'] == pytest.approx(gain)
+    assert claim['rank1']['low'] <= claim['rank1']['mean'] <= claim['rank1']['high']
+    assert os.path.getsize(os.path.join(board, 'forest.png')) > 0
     summary = json.load(open(os.path.join(board, 'summary.json')))
     assert [row['label'] for row in summary] == ['jlml', 'osnet_x0_25', 'jlml_global', 'jlml_lambda0']
 
@@ -144,7 +159,7 @@ def _config(tmp_path, **changes):
     (dict(models=['jlml', 'resnet5O']), "resnet5O: unknown model.name 'resnet5O'; choose one of"),
     (dict(models=[{'name': 'osnet_x0_25', 'overrides': {'train': {'lr': 0.1}}}]),
      "overrides ['train.lr']: only jlml.* keys may differ between models"),
-    (dict(splits=[0, 25], protocol={'data': {'sources': ['cuhk01_seeded'],
+    (dict(splits=[25], protocol={'data': {'sources': ['cuhk01_seeded'],
                                              'targets': ['cuhk01_seeded']}}),
      'cuhk01_seeded split_id 25 is out of range: use 0-19'),
     (dict(protocol={'data': {'sources': ['cuhk01_seeded'], 'targets': ['cuhk01_seeded']}}),
@@ -224,3 +239,54 @@ def test_a_variant_board_states_only_what_differs(tmp_path, capsys):
     variant.write_text(yaml.safe_dump({'_BASE_': SYNTHETIC, 'colour': 'red'}))
     code, _, err = _run(['--config', str(variant), '--dry-run'], capsys)
     assert code == 2 and f"unknown leaderboard key(s) ['colour'] in {variant}" in err
+
+
+def _tuning_spec(tmp_path, grid):
+    spec = yaml.safe_load(open(SYNTHETIC))
+    spec['tune'] = dict(dataset='synthreid_tiny', split=1, output=str(tmp_path / 'tune'),
+                        grid={'train': {'lr': grid}}, rule='rank1 + mAP')
+    return spec
+
+
+def test_tuning_choices_follow_the_rule(tmp_path):
+    spec = _tuning_spec(tmp_path, [0.001, 0.01, 0.1])
+    tune = str(tmp_path / 'tune')
+    for label, rank1, mAP in [('jlml@train.lr=0.001', 0.5, 0.4), ('jlml@train.lr=0.01', 0.6, 0.3),
+                              ('osnet_x0_25@train.lr=0.001', 0.2, 0.2),
+                              ('osnet_x0_25@train.lr=0.01', 0.3, 0.2)]:
+        report.append_record(tune, dict(label=label, split_id=1, rank1=rank1, mAP=mAP))
+    assert leaderboard.tuning_choices(spec) == {}  # no model has its whole grid yet
+    report.append_record(tune, dict(label='jlml@train.lr=0.1', split_id=1, rank1=0.1, mAP=0.1))
+    report.append_diverged(tune, dict(label='osnet_x0_25@train.lr=0.1', split_id=1, seed=1,
+                                      error='the loss became nan'))
+    # jlml: 0.9 at 0.001 and at 0.01, a tie that goes to the earlier point; osnet: 0.5 wins.
+    assert leaderboard.tuning_choices(spec) == {'jlml': {'train.lr': 0.001},
+                                                'osnet_x0_25': {'train.lr': 0.01}}
+
+
+@pytest.mark.slow
+def test_tuning_then_a_board_of_two_seeds_with_the_choice(tmp_path, data_root, capsys):
+    spec = _tuning_spec(tmp_path, [0.001, 0.003])
+    spec.update(models=['jlml_local'], ablations={}, splits=[0], seeds=[1, 2],
+                output=str(tmp_path / 'board'))
+    config = tmp_path / 'tuned.yaml'
+    config.write_text(yaml.safe_dump(spec))
+    code, out, err = _run(['--config', str(config), '--root', data_root], capsys)
+    assert code == 0, err
+    tuned = {r['label']: r for r in report.load_records(str(tmp_path / 'tune'))}
+    assert sorted(tuned) == ['jlml_local@train.lr=0.001', 'jlml_local@train.lr=0.003']
+    assert {r['dataset'] for r in tuned.values()} == {'synthreid_tiny'}
+    assert {r['split_id'] for r in tuned.values()} == {1}
+    best = max(tuned.values(), key=lambda r: r['rank1'] + r['mAP'])
+    board = report.load_records(str(tmp_path / 'board'))
+    assert sorted((r['label'], r['split_id'], r['seed']) for r in board) == [
+        ('jlml_local', 0, 1), ('jlml_local', 0, 2)]
+    assert {r['config']['train.lr'] for r in board} == {best['config']['train.lr']}
+    assert {r['config']['train.seed'] for r in board} == {1, 2}
+    assert os.path.isdir(tmp_path / 'board' / 'runs' / 'jlml_local' / 'split0-seed2')
+    table = open(tmp_path / 'board' / 'leaderboard.md').read()
+    assert f"Chosen: jlml_local train.lr={best['config']['train.lr']}." in table
+    assert '| jlml_local | 2 | ' in table  # pooled over its two seeds, with intervals
+    # Run again: everything is done, nothing trains.
+    code, out, _ = _run(['--config', str(config), '--root', data_root], capsys)
+    assert code == 0 and '2 runs, 2 done, 0 to go' in out and 'Start training' not in out

@@ -1,28 +1,50 @@
 """report: the tables built from leaderboard records, checked cell by cell."""
-from jlml_plugin.report import claims_table
+import numpy as np
+import pytest
+
+from jlml_plugin.report import compare, comparisons_table, per_split_table, summarize
 
 
-def _record(label, split_id, rank1, mAP):
-    return dict(label=label, split_id=split_id, rank1=rank1, mAP=mAP)
+def _record(label, split_id, rank1, mAP, seed=1):
+    return dict(label=label, split_id=split_id, rank1=rank1, mAP=mAP, seed=seed, model=label,
+                params=1, gflops=1, input='1x1', epochs=1, cmc=[rank1])
 
 
-def test_a_claim_holds_on_a_split_only_where_the_reference_leads_in_r1_and_map():
+def _queries(label, split_id, first_rank, ap, seed=1):
+    return dict(label=label, split_id=split_id, seed=seed, index=list(range(len(ap))),
+                pid=[i // 2 for i in range(len(ap))], first_rank=list(first_rank), ap=list(ap))
+
+
+def test_a_claim_reads_its_pooled_paired_interval():
+    rng = np.random.default_rng(0)
+    ap = rng.random(100)
+    ranks = np.where(ap > 0.5, 1, 3)
     records = [_record('jlml', 0, 0.40, 0.42), _record('jlml', 2, 0.35, 0.38),
-               _record('jlml', 4, 0.30, 0.33),
-               _record('local', 0, 0.30, 0.32),   # behind on both: holds
-               _record('local', 2, 0.36, 0.37),   # ahead in R1: does not hold
-               _record('local', 4, 0.30, 0.30),   # a tie in R1: does not hold
-               _record('lambda0', 0, 0.20, 0.25)]  # one split measured so far
-    table = claims_table(records, 'jlml', {'local': 'joint beats local',
-                                           'lambda0': 'sparsity helps'})
-    assert table.splitlines() == [
-        '| claim | ablation | split 0 | split 2 | split 4 | holds on |',
+               _record('local', 0, 0.30, 0.32), _record('local', 2, 0.36, 0.37),
+               _record('lambda0', 0, 0.20, 0.25)]
+    queries = [_queries('jlml', s, ranks, ap) for s in (0, 2)] + [
+        _queries('local', s, ranks, ap - 0.1) for s in (0, 2)]  # 10 points of AP behind
+    rows = compare(records, queries, [('jlml', 'local', 'joint beats local'),
+                                      ('jlml', 'lambda0', 'sparsity helps')])
+    local, lambda0 = rows
+    assert local['splits'] == [0, 2]
+    assert local['per_split']['2'] == pytest.approx({'rank1': -1.0, 'mAP': 1.0})
+    assert local['mAP'] == {'mean': pytest.approx(10.0), 'low': pytest.approx(10.0),
+                            'high': pytest.approx(10.0), 'verdict': 'holds'}
+    assert local['rank1']['verdict'] == 'not shown'  # the same first ranks: a zero interval
+    assert lambda0['rank1'] is None and lambda0['splits'] == [0]
+    assert comparisons_table(rows, 'ablation').splitlines() == [
+        '| claim | ablation | R1 difference [95% CI] | mAP difference [95% CI] | split 0 | split 2 |',
         '|---|---|---|---|---|---|',
-        '| joint beats local | local | +10.0 (+10.0) | -1.0 (+1.0) | +0.0 (+3.0) | 1 of 3 (0) |',
-        '| sparsity helps | lambda0 | +20.0 (+17.0) | – | – | 1 of 1 (0) |']
+        '| joint beats local | local | +0.0 [+0.0, +0.0] not shown | +10.0 [+10.0, +10.0] holds '
+        '| +10.0 (+10.0) | -1.0 (+1.0) |',
+        '| sparsity helps | lambda0 | no per-query records | no per-query records '
+        '| +20.0 (+17.0) | – |']
 
 
-def test_a_claim_with_no_paired_split_says_so():
-    table = claims_table([_record('jlml', 0, 0.4, 0.4), _record('local', 2, 0.3, 0.3)],
-                         'jlml', {'local': 'joint beats local'})
-    assert table.splitlines()[-1] == '| joint beats local | local | – | – | 0 of 0 |'
+def test_seeds_are_averaged_per_split():
+    records = [_record('jlml', 0, 0.40, 0.42), _record('jlml', 0, 0.30, 0.40, seed=2),
+               _record('jlml', 2, 0.35, 0.38)]
+    rows = summarize(records)
+    assert per_split_table(records, rows).splitlines()[-1] == \
+        '| jlml | 35.0 (41.0) ×2 | 35.0 (38.0) |'
