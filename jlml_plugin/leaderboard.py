@@ -45,7 +45,8 @@ from .config import (config_changes, config_chain, flatten, get_cfg, merge_dict,
 from .errors import ConfigError, NonFiniteLossError, one_line
 from .runner import train, validate
 
-__all__ = ['Run', 'load_leaderboard', 'plan_runs', 'ablation_claims', 'run_leaderboard', 'main']
+__all__ = ['Run', 'load_leaderboard', 'plan_runs', 'ablation_claims', 'tuning_spec', 'tuning_choices',
+           'run_leaderboard', 'versus', 'main']
 
 _TOP_KEYS = {'name', 'title', 'output', 'root', 'splits', 'seeds', 'protocol', 'models',
              'ablations', 'tune'}
@@ -532,11 +533,43 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--dry-run', action='store_true', help='validate and list the runs left')
     parser.add_argument('--report-only', action='store_true',
                         help='rewrite tables and plots from the recorded results')
+    parser.add_argument('--versus', default='',
+                        help='another leaderboard config: compare each model with its run of '
+                             'the same label there, paired by query (e.g. two recipes)')
     return parser
+
+
+def versus(config: str, other: str, output: str = '') -> List[Dict[str, Any]]:
+    """Each label both boards ran, this board's runs minus the other's, paired by query in
+    R1, mAP and R1 + mAP; written to ``versus_<other name>.{md,json}`` in this board's
+    folder and printed."""
+    spec, other_spec = load_leaderboard(config), load_leaderboard(other)
+    output = output or spec['output']
+    name, other_name = spec.get('name', 'this'), other_spec.get('name', 'other')
+    records, queries = [], []
+    for folder, tag in ((output, name), (other_spec['output'], other_name)):
+        records += [dict(r, label=f"{r['label']}@{tag}") for r in report.load_records(folder)]
+        queries += [dict(q, label=f"{q['label']}@{tag}") for q in report.load_queries(folder)]
+    labels = [label for label in _label_order(plan_runs(spec))
+              if any(r['label'] == f'{label}@{other_name}' for r in records)]
+    metrics = ('rank1', 'mAP', 'rank1+mAP')
+    rows = report.compare(records, queries, [(f'{label}@{name}', f'{label}@{other_name}', label)
+                                             for label in labels], metrics)
+    table = report.comparisons_table(rows, other_name, metrics)
+    atomic_write_text(os.path.join(output, f'versus_{other_name}.json'),
+                      json.dumps(rows, indent=1) + '\n')
+    atomic_write_text(os.path.join(output, f'versus_{other_name}.md'),
+                      f'# {name} minus {other_name}, paired by query\n\n{table}'
+                      f'{report.COMPARISONS_NOTE}')
+    print(table)
+    return rows
 
 
 def run(argv: List[str]) -> int:
     args = build_parser().parse_args(argv)
+    if args.versus:
+        versus(args.config, args.versus, args.output)
+        return 0
     if args.report_only:
         spec = load_leaderboard(args.config)
         output = args.output or spec['output']

@@ -182,12 +182,18 @@ def per_split_table(records: List[Dict[str, Any]], rows: List[Dict[str, Any]]) -
     return '\n'.join(out) + '\n'
 
 
+#: The metrics a comparison reports, as :data:`jlml_plugin.stats.METRICS` names them.
+COMPARED = ('rank1', 'mAP')
+_METRIC_NAMES = {'rank1': 'R1', 'mAP': 'mAP', 'rank1+mAP': 'R1 + mAP'}
+
+
 def compare(records: List[Dict[str, Any]], queries: List[Dict[str, Any]],
-            pairs: List[Tuple[str, str, str]]) -> List[Dict[str, Any]]:
-    """Each ``(a, b, claim)``: ``a`` minus ``b`` in R1 and mAP (in points), per split from
-    the records (seeds averaged) and pooled over the splits both ran, with the paired 95%
-    interval over test identities (:mod:`jlml_plugin.stats`) and its verdict. The pooled
-    figures need per-query records of both; without them they are None."""
+            pairs: List[Tuple[str, str, str]], metrics: Sequence[str] = COMPARED
+            ) -> List[Dict[str, Any]]:
+    """Each ``(a, b, claim)``: ``a`` minus ``b`` in each metric (in points), per split from
+    the records (R1 (mAP), seeds averaged) and pooled over the splits both ran, with the
+    paired 95% interval over test identities (:mod:`jlml_plugin.stats`) and its verdict.
+    The pooled figures need per-query records of both; without them they are None."""
     means = _split_means(records)
     rows = []
     for a, b, claim in pairs:
@@ -195,7 +201,7 @@ def compare(records: List[Dict[str, Any]], queries: List[Dict[str, Any]],
         row = dict(a=a, b=b, claim=claim, splits=splits, per_split={
             str(s): {k: (means[a, s][k] - means[b, s][k]) * 100 for k in ('rank1', 'mAP')}
             for s in splits})
-        for metric in ('rank1', 'mAP'):
+        for metric in metrics:
             interval = stats.paired_interval(queries, a, b, metric, splits)
             row[metric] = None if interval is None else dict(
                 vars(interval.scaled(100)), verdict=stats.verdict(interval))
@@ -210,16 +216,19 @@ def _cell(pooled: Optional[Dict[str, Any]]) -> str:
             f"{pooled['verdict']}")
 
 
-def comparisons_table(rows: List[Dict[str, Any]], what: str) -> str:
-    """One row per comparison: the pooled difference with its interval and verdict in R1
-    and in mAP, then each split's difference, R1 (mAP)."""
+def comparisons_table(rows: List[Dict[str, Any]], what: str,
+                      metrics: Sequence[str] = COMPARED) -> str:
+    """One row per comparison: the pooled difference with its interval and verdict in each
+    metric, then each split's difference, R1 (mAP)."""
     splits = sorted({s for row in rows for s in row['splits']})
-    out = [f'| claim | {what} | R1 difference [95% CI] | mAP difference [95% CI] | '
+    out = [f'| claim | {what} | '
+           + ''.join(f'{_METRIC_NAMES[m]} difference [95% CI] | ' for m in metrics)
            + ' | '.join(f'split {s}' for s in splits) + ' |',
-           '|---|---|---|---|' + '---|' * len(splits)]
+           '|---|---|' + '---|' * (len(metrics) + len(splits))]
     for row in rows:
         cells = [row['per_split'].get(str(s)) for s in splits]
-        out.append(f"| {row['claim']} | {row['b']} | {_cell(row['rank1'])} | {_cell(row['mAP'])} | "
+        out.append(f"| {row['claim']} | {row['b']} | "
+                   + ''.join(f'{_cell(row[m])} | ' for m in metrics)
                    + ' | '.join(f"{c['rank1']:+.1f} ({c['mAP']:+.1f})" if c else '–'
                                 for c in cells) + ' |')
     return '\n'.join(out) + '\n'

@@ -290,3 +290,22 @@ def test_tuning_then_a_board_of_two_seeds_with_the_choice(tmp_path, data_root, c
     # Run again: everything is done, nothing trains.
     code, out, _ = _run(['--config', str(config), '--root', data_root], capsys)
     assert code == 0 and '2 runs, 2 done, 0 to go' in out and 'Start training' not in out
+
+
+def test_versus_pairs_each_model_with_its_run_on_another_board(tmp_path, capsys):
+    configs = {}
+    for name, shift in (('fast', 0.1), ('slow', 0.0)):
+        spec = dict(yaml.safe_load(open(SYNTHETIC)), name=name, output=str(tmp_path / name),
+                    splits=[0], ablations={})
+        configs[name] = tmp_path / f'{name}.yaml'
+        configs[name].write_text(yaml.safe_dump(spec))
+        ap = [0.2 + shift, 0.6 + shift, 0.5, 0.9]  # fast leads by 0.1 AP on two queries of four
+        report.append_record(spec['output'], dict(label='jlml', split_id=0, rank1=0.5, mAP=sum(ap) / 4),
+                             dict(index=[0, 1, 2, 3], pid=[0, 0, 1, 1], first_rank=[2, 1, 1, 3], ap=ap))
+    code, out, _ = _run(['--config', str(configs['fast']), '--versus', str(configs['slow'])], capsys)
+    assert code == 0 and '| jlml | jlml@slow | +0.0 [+0.0, +0.0] not shown | +5.0 [+0.0, +10.0] ' in out
+    rows = json.load(open(tmp_path / 'fast' / 'versus_slow.json'))
+    assert [row['claim'] for row in rows] == ['jlml']  # osnet_x0_25 ran on neither board
+    assert rows[0]['mAP']['mean'] == pytest.approx(5.0) and rows[0]['rank1']['mean'] == 0
+    assert rows[0]['rank1+mAP']['mean'] == pytest.approx(5.0)
+    assert rows[0]['mAP']['low'] == pytest.approx(0.0) and rows[0]['mAP']['high'] == pytest.approx(10.0)
