@@ -262,6 +262,8 @@ def build_engine(cfg: CN, datamanager, model: torch.nn.Module,
     if distributed and cfg.dist.lr_reference_batch > 0:
         opt_kwargs['lr'] = cfg.train.lr * cfg.train.batch_size / cfg.dist.lr_reference_batch
     optimizer = _tr.optim.build_optimizer(model, **opt_kwargs)
+    if regularizer:  # the penalised layers' regulariser is their term, not weight decay
+        regularizer.own_weight_decay(optimizer)
     scheduler = _tr.optim.build_lr_scheduler(optimizer, **lr_scheduler_kwargs(cfg))
     meta = dict(model_name=cfg.model.name, num_classes=datamanager.num_train_pids,
                 loss=cfg.loss.name, input_size=[3, cfg.data.height, cfg.data.width],
