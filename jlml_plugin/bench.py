@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument('--device', default='cpu')
     sp.add_argument('--channels-last', action='store_true')
     sp.add_argument('--amp', default='off', choices=['off', 'bf16', 'fp16'])
+    sp.add_argument('--compile', action='store_true', help='torch.compile each model')
     sp.add_argument('--output', default='', help='JSON file')
     dp = sub.add_parser('data', help="torchreid's train loader images/s")
     dp.add_argument('--root', required=True)
@@ -114,9 +115,11 @@ def run(argv: List[str]) -> int:
             env['torch_threads'] = args.threads
         names = [m for m in args.models.split(',') if m]
         results = speed(names, args.height, args.width, args.batch, args.warmup, args.repeats,
-                        args.iters, args.reference, args.device, args.channels_last, args.amp)
+                        args.iters, args.reference, args.device, args.channels_last, args.amp,
+                        compile=args.compile)
         print(f'{args.height}x{args.width}, batch {args.batch}, {env["torch_threads"]} threads, '
-              f'{args.device}, amp {args.amp}, channels_last {args.channels_last}')
+              f'{args.device}, amp {args.amp}, channels_last {args.channels_last}, '
+              f'compile {args.compile}')
         print(f'{"model":<18}{"params(M)":>10}{"GFLOPs":>8}{"train img/s":>13}{"ratio":>7}'
               f'{"infer img/s":>13}{"ratio":>7}')
         for name, row in results.items():

@@ -164,6 +164,7 @@ def add_jlml_config(cfg: CN) -> CN:
     cfg.jlml.dropout = 0.5          # dropout between each feature and its classifier (cuhk01_val)
     cfg.jlml.pre_relu_feature = True    # match (and triplet-train) the feature before its ReLU (cuhk01_val)
     cfg.jlml.normalize_branches = False  # L2-normalise each branch's test feature before joining
+    cfg.jlml.feat_init_std = 0.0    # std of the feature layers' init; 0 = He fan-out (a control at lambda 0)
     cfg.jlml.stem_width = 64        # channels of the shared low-level conv layer
     cfg.jlml.shared_widths = []     # bottleneck widths of residual stages shared by both branches
     cfg.jlml.shared_depths = []     # ... and their block counts

@@ -153,7 +153,7 @@ class JLMLEngine(_tr.engine.ImageSoftmaxEngine):
         self.guard.check(value, f'epoch {self.epoch + 1}, step {self.batch_idx + 1}')
         stepped = self.precision.step(loss, self.optimizer)
         if self.regularizer and stepped:  # the proximal step follows an optimizer step
-            self.regularizer.proximal_step(self.optimizer)
+            summary.update(self.regularizer.proximal_step(self.optimizer))
         summary['loss'] = value
         return summary
 

@@ -44,6 +44,7 @@ from .config import (config_changes, config_chain, flatten, get_cfg, merge_dict,
                      trained_config)
 from .errors import ConfigError, NonFiniteLossError, one_line
 from .runner import train, validate
+from .selection import selection_record
 
 __all__ = ['Run', 'load_leaderboard', 'plan_runs', 'ablation_claims', 'tuning_spec', 'tuning_choices',
            'run_leaderboard', 'versus', 'main']
@@ -500,6 +501,7 @@ def _train_and_evaluate(cfg, run: Run, fingerprint: str, env: Dict[str, Any]
                 train_images_per_s=result.train_images_per_second,
                 train_seconds=result.train_seconds, wall_seconds=result.wall_seconds,
                 train_summary=result.extra['train_summary'], config=trained_config(cfg),
+                selection=selection_record(cfg.data.save_dir),
                 finished_at=time.strftime('%Y-%m-%dT%H:%M:%S'), env=env)
     return record, metrics.per_query.as_dict()
 

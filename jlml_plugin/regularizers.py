@@ -278,13 +278,21 @@ class SparsityHook:
         return bool(self.terms)
 
     @torch.no_grad()
-    def proximal_step(self, optimizer: torch.optim.Optimizer) -> None:
+    def proximal_step(self, optimizer: torch.optim.Optimizer) -> Dict[str, float]:
         """Applies each term's proximal operator to its parameter in the metric of the
         per-entry step sizes the optimizer just used there; call it right after
-        ``optimizer.step()``."""
+        ``optimizer.step()``. Returns, per term, for the log: ``tau_<name>``, the median
+        shrinkage ``lambda * step`` (in weight units, over a strided sample), and ``zeros_<name>``, how many of
+        its units (group LASSO: columns; otherwise entries) are now exactly 0."""
+        log = {}
         for term, param in self.terms:
             steps = _step_sizes(optimizer, param)
             param.copy_(PROXIMAL[term.kind](param, term.weight, steps, term.groups))
+            units = selection_norms(param, term.kind, term.groups)
+            sample = steps.flatten()[::max(1, steps.numel() // 4096)]  # a median, cheaply
+            log[f'tau_{term.name}'] = term.weight * float(sample.float().median())
+            log[f'zeros_{term.name}'] = float((units == 0).sum())
+        return log
 
     def own_weight_decay(self, optimizer: torch.optim.Optimizer) -> None:
         """Moves the penalised parameters into a parameter group of their own without

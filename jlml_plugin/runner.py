@@ -113,7 +113,8 @@ def model_kwargs(cfg: CN) -> Dict[str, Any]:
         return {}
     j = cfg.jlml
     kwargs = dict(num_stripes=j.num_stripes, feat_dim=j.feat_dim, dropout=j.dropout,
-                  pre_relu_feature=j.pre_relu_feature, normalize_branches=j.normalize_branches)
+                  pre_relu_feature=j.pre_relu_feature, normalize_branches=j.normalize_branches,
+                  feat_init_std=j.feat_init_std)
     if default_cfgs[cfg.model.name]['arch_from_config']:
         kwargs.update({key: list(j[key]) if isinstance(j[key], (list, tuple)) else j[key]
                        for key in ARCH_KEYS})

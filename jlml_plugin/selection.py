@@ -1,13 +1,20 @@
-"""``jlml-sparsity``: what the structured-sparsity terms selected in a checkpoint.
+"""``jlml-sparsity``: what the sparsity terms selected, in one checkpoint or along a path.
 
     jlml-sparsity --checkpoint log/jlml_cuhk01/model/model.pth.tar-30
+    jlml-sparsity --board results/leaderboard/cuhk01_tune_path --key jlml.reg_global.weight
 
-For each term (by default JLML's two: the group LASSO on the global feature layer, the
-exclusive group LASSO on the local one) it prints how many of the units the norm can
-switch off are (near) zero, and plots their sizes, sorted, relative to the largest
-(PNG, log scale). The units are the global layer's input columns (its groups) and the
-local layer's entries, per stripe (its groups all stay alive by design; the entries
-inside each compete). A unit counts as off below ``1e-3`` of the largest.
+For each term of a checkpoint (by default JLML's two: the group LASSO on the global
+feature layer, the exclusive group LASSO on the local one) it prints how many of the
+units the norm can switch off are exactly zero and how many are under ``1e-3`` of the
+largest ("off"), and plots their sizes, sorted, relative to the largest (PNG, log scale).
+The units are the global layer's input columns (its groups) and the local layer's
+entries, per stripe (its groups all stay alive by design; the entries inside each compete).
+
+With ``--board``, it draws the **selection path** of a leaderboard's runs that differ in
+one config ``--key`` (a lambda, say), like glmnet's regularisation path: against the key,
+each run's R1 + mAP (with its 95% interval where per-query records exist) and, per term,
+the fraction of units exactly zero and under ``1e-3`` of the largest, from the
+``selection`` each leaderboard record carries.
 """
 from __future__ import annotations
 
@@ -21,12 +28,14 @@ import torch
 
 from ._cli import command_parser, main_wrapper
 from ._files import atomic_open
-from .checkpoint import load_checkpoint, model_state
-from .errors import CheckpointError
+from . import report, stats
+from .checkpoint import latest_checkpoint, load_checkpoint, model_state
+from .errors import CheckpointError, ConfigError
 from .models import MODELS
 from .regularizers import SparsityTerm, jlml_terms, selection_norms
 
-__all__ = ['OFF_RATIO', 'checkpoint_terms', 'selection_summary', 'plot_selection', 'main']
+__all__ = ['OFF_RATIO', 'checkpoint_terms', 'selection_summary', 'selection_record',
+           'selection_path', 'plot_path', 'plot_selection', 'main']
 
 #: A unit below this fraction of the largest one counts as switched off.
 OFF_RATIO = 1e-3
@@ -63,6 +72,7 @@ def selection_summary(state_dict: Dict[str, torch.Tensor],
                      off=int(off.sum()), off_fraction=float(off.float().mean()), largest=largest)
         if term.kind == 'exclusive_group_lasso':
             entry['off_fraction_per_group'] = off.reshape(term.groups, -1).float().mean(1).tolist()
+            entry['zeros_per_group'] = (norms == 0).reshape(term.groups, -1).sum(1).tolist()
             curves = {f'stripe {g + 1}': part for g, part in
                       enumerate(norms.reshape(term.groups, -1))}
         else:
@@ -71,6 +81,71 @@ def selection_summary(state_dict: Dict[str, torch.Tensor],
                            for label, part in curves.items()}
         summary[term.name] = entry
     return summary
+
+
+def selection_record(save_dir: str) -> Optional[Dict[str, Dict[str, Any]]]:
+    """The selection of a finished run's newest checkpoint, without the curves (what a
+    leaderboard record keeps), or None for a model without sparsity terms."""
+    path = latest_checkpoint(save_dir)
+    checkpoint = load_checkpoint(path) if path else {}
+    try:
+        terms = checkpoint_terms(checkpoint)
+    except CheckpointError:
+        return None
+    summary = selection_summary(model_state(checkpoint), terms)
+    for entry in summary.values():
+        entry.pop('curves')
+    return summary
+
+
+def selection_path(records: List[Dict[str, Any]], queries: List[Dict[str, Any]], key: str
+                   ) -> List[Dict[str, Any]]:
+    """One point per record with ``key`` in its config and a ``selection``, sorted by the
+    key: its value, R1 + mAP (and interval), and per term the units, exact zeros and off."""
+    points = []
+    for record in records:
+        if key not in record.get('config', {}) or not record.get('selection'):
+            continue
+        interval = stats.model_interval(queries, record['label'], 'rank1+mAP',
+                                        [record['split_id']])
+        points.append(dict(
+            label=record['label'], value=record['config'][key],
+            score=record['rank1'] + record['mAP'],
+            interval=[interval.low, interval.high] if interval else None,
+            terms={name: {k: e[k] for k in ('units', 'exact_zeros', 'off')}
+                   for name, e in record['selection'].items()}))
+    return sorted(points, key=lambda p: p['value'])
+
+
+def plot_path(points: List[Dict[str, Any]], key: str, path: str) -> None:
+    """R1 + mAP (top) and each term's fraction of units exactly 0 (solid) and under
+    ``OFF_RATIO`` of the largest (dashed), against ``key`` on a symmetric log axis."""
+    import matplotlib
+    matplotlib.use('Agg')
+    from matplotlib import pyplot as plt
+    x = [p['value'] for p in points]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 7), sharex=True)
+    scores = [p['score'] * 100 for p in points]
+    errors = [[(p['score'] - p['interval'][0]) * 100 if p['interval'] else 0 for p in points],
+              [(p['interval'][1] - p['score']) * 100 if p['interval'] else 0 for p in points]]
+    top.errorbar(x, scores, yerr=errors, marker='o', capsize=3)
+    top.set_ylabel('R1 + mAP (points), 95% interval')
+    top.grid(alpha=0.3)
+    for name in sorted({n for p in points for n in p['terms']}):
+        have = [(p['value'], p['terms'][name]) for p in points if name in p['terms']]
+        line, = bottom.plot([v for v, _ in have], [t['exact_zeros'] / t['units'] for _, t in have],
+                            marker='o', label=f'{name}: exactly 0')
+        bottom.plot([v for v, _ in have], [t['off'] / t['units'] for _, t in have], '--',
+                    marker='x', color=line.get_color(), label=f'{name}: < {OFF_RATIO:g} x largest')
+    bottom.set_ylabel('fraction of units switched off')
+    bottom.set_xlabel(key)
+    bottom.set_xscale('symlog', linthresh=min([v for v in x if v > 0] or [1]) / 2)
+    bottom.grid(alpha=0.3)
+    bottom.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_open(path, 'wb') as f:
+        fig.savefig(f, format='png', dpi=110)
+    plt.close(fig)
 
 
 def plot_selection(summary: Dict[str, Dict[str, Any]], path: str, title: str = '') -> None:
@@ -105,15 +180,46 @@ def plot_selection(summary: Dict[str, Dict[str, Any]], path: str, title: str = '
 
 def build_parser():
     parser = command_parser('jlml-sparsity', __doc__.split('\n\n')[0])
-    parser.add_argument('--checkpoint', required=True, help='a checkpoint written by jlml-train')
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument('--checkpoint', help='a checkpoint written by jlml-train')
+    what.add_argument('--board', help='a leaderboard results folder: draw its selection path')
+    parser.add_argument('--key', default='jlml.reg_global.weight',
+                        help='with --board: the config key the path runs along')
+    parser.add_argument('--labels', default='',
+                        help='with --board: comma-separated labels on the path (default: all '
+                             'records with the key)')
     parser.add_argument('--output', default='',
-                        help='PNG to write (default: <checkpoint>.sparsity.png); '
-                             'the JSON summary goes beside it')
+                        help='PNG to write (default: <checkpoint>.sparsity.png, or '
+                             '<board>/path_<key>.png); the JSON goes beside it')
     return parser
+
+
+def run_path(args) -> int:
+    labels = [label for label in args.labels.split(',') if label]
+    records = [r for r in report.load_records(args.board) if not labels or r['label'] in labels]
+    points = selection_path(records, report.load_queries(args.board), args.key)
+    if len(points) < 2:
+        raise ConfigError(f'{args.board}: {len(points)} records with {args.key} in their config '
+                          f'and a selection; a path needs 2 or more (records before 2026-12-03 '
+                          f'carry no selection)')
+    png = args.output or os.path.join(args.board, f'path_{args.key}.png')
+    plot_path(points, args.key, png)
+    with atomic_open(os.path.splitext(png)[0] + '.json', 'w') as f:
+        json.dump(dict(key=args.key, points=points), f, indent=1)
+    names = sorted({n for p in points for n in p['terms']})
+    print(f'{args.key:>24} {"R1 + mAP":>9} ' + ' '.join(f'{n + " 0 / off":>24}' for n in names))
+    for p in points:
+        print(f'{p["value"]:>24g} {p["score"] * 100:>9.1f} ' + ' '.join(
+            f'{p["terms"][n]["exact_zeros"]:>11} / {p["terms"][n]["off"]:<11}' if n in p['terms']
+            else f'{"–":>24}' for n in names))
+    print(f'plot: {png}')
+    return 0
 
 
 def run(argv: List[str]) -> int:
     args = build_parser().parse_args(argv)
+    if args.board:
+        return run_path(args)
     if not os.path.isfile(args.checkpoint):
         raise CheckpointError(f'no checkpoint at {args.checkpoint}')
     checkpoint = load_checkpoint(args.checkpoint)
@@ -128,7 +234,8 @@ def run(argv: List[str]) -> int:
         print(f'{name:<11} {e["term"]["kind"]:<22} {e["units"]:>7} {e["exact_zeros"]:>10} '
               f'{e["off_fraction"]:>12.1%}')
         if 'off_fraction_per_group' in e:
-            print(f'{"":<11} off per stripe: '
+            print(f'{"":<11} per stripe, exactly 0: '
+                  + ', '.join(str(v) for v in e['zeros_per_group']) + '; off: '
                   + ', '.join(f'{v:.1%}' for v in e['off_fraction_per_group']))
     print(f'plot: {png}')
     return 0

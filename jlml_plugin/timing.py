@@ -67,9 +67,10 @@ def _engine(model: torch.nn.Module, num_classes: int, amp: str,
 def speed(models: List[str], height: int, width: int, batch: int, warmup: int = 2,
           repeats: int = 5, iters: int = 3, reference: str = 'resnet50',
           device: str = 'cpu', channels_last: bool = False, amp: str = 'off',
-          num_classes: int = 751) -> Dict[str, Dict]:
+          num_classes: int = 751, compile: bool = False) -> Dict[str, Dict]:
     """Training and inference images/s of each model; see the module docstring. A training
-    step is the engine's own ``forward_backward`` (the one ``jlml-train`` runs)."""
+    step is the engine's own ``forward_backward`` (the one ``jlml-train`` runs); with
+    ``compile``, its model is ``torch.compile``'d (the warm-up pays the compilation)."""
     dev = torch.device(device)
     dtype = AMP_MODES[amp]
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -86,6 +87,8 @@ def speed(models: List[str], height: int, width: int, batch: int, warmup: int = 
         params, flops = _tr.utils.compute_model_complexity(model, (1, 3, height, width))
         model = model.to(dev, memory_format=fmt)
         engine = _engine(model, num_classes, amp, channels_last)
+        if compile:
+            engine.model = torch.compile(model)
 
         def train_step(model=model, engine=engine):
             model.train()
@@ -93,11 +96,11 @@ def speed(models: List[str], height: int, width: int, batch: int, warmup: int = 
                 engine.forward_backward(batch_data)
 
         @torch.no_grad()
-        def infer_step(model=model):
+        def infer_step(model=model, run=engine.model):
             model.eval()
             for _ in range(iters):
                 with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
-                    model(images)
+                    run(images)
 
         setups[name] = dict(train=train_step, infer=infer_step, params=params, flops=flops)
         for _ in range(warmup):

@@ -43,7 +43,9 @@ def test_total_is_the_weighted_sum_of_every_logged_term(datamanager):
     engine = _engine(datamanager, loss_weights={'global': 0.3, 'local': 2.0})
     s = _step(engine)
     assert set(s) == {'loss', 'loss_global', 'loss_local', 'acc_global', 'acc_local',
-                      'reg_global', 'reg_local'}
+                      'reg_global', 'reg_local', 'tau_reg_global', 'tau_reg_local',
+                      'zeros_reg_global', 'zeros_reg_local'}
+    assert s['tau_reg_global'] == 0.0 and s['zeros_reg_global'] == 0  # lr 0: nothing shrinks
     expected = (0.3 * s['loss_global'] + 2.0 * s['loss_local']
                 + 0.01 * s['reg_global'] + 1e-4 * s['reg_local'])
     assert s['loss'] == pytest.approx(expected, rel=1e-5)

@@ -309,3 +309,24 @@ def test_versus_pairs_each_model_with_its_run_on_another_board(tmp_path, capsys)
     assert rows[0]['mAP']['mean'] == pytest.approx(5.0) and rows[0]['rank1']['mean'] == 0
     assert rows[0]['rank1+mAP']['mean'] == pytest.approx(5.0)
     assert rows[0]['mAP']['low'] == pytest.approx(0.0) and rows[0]['mAP']['high'] == pytest.approx(10.0)
+
+
+def test_a_selection_path_from_records(tmp_path, capsys):
+    from jlml_plugin import selection
+    folder = str(tmp_path)
+    for label, lam, zeros, off, r1 in [('l0', 0.0, 0, 3, 0.3), ('l1', 0.01, 10, 40, 0.4),
+                                       ('l2', 0.1, 900, 1000, 0.2)]:
+        report.append_record(folder, dict(
+            label=label, split_id=0, rank1=r1, mAP=r1, config={'jlml.reg_global.weight': lam},
+            selection={'reg_global': dict(units=1024, exact_zeros=zeros, off=off)}))
+    report.append_record(folder, dict(label='osnet', split_id=0, rank1=0.5, mAP=0.5,
+                                      config={}, selection=None))
+    assert selection.main(['--board', folder, '--key', 'jlml.reg_global.weight']) == 0
+    out = capsys.readouterr().out
+    assert '0.01      80.0          10 / 40 ' in out
+    saved = json.load(open(tmp_path / 'path_jlml.reg_global.weight.json'))
+    assert [p['value'] for p in saved['points']] == [0.0, 0.01, 0.1]  # osnet has no key
+    assert saved['points'][2]['terms']['reg_global'] == dict(units=1024, exact_zeros=900, off=1000)
+    assert os.path.getsize(tmp_path / 'path_jlml.reg_global.weight.png') > 0
+    assert selection.main(['--board', folder, '--key', 'jlml.reg_local.weight']) == 2
+    assert 'a path needs 2 or more' in capsys.readouterr().err

@@ -106,19 +106,21 @@ def _randomise_bn(model):
 
 @pytest.mark.parametrize('stripes,height', [(4, 160), (2, 96), (6, 192)])
 def test_batched_stripes_equal_the_per_stripe_reference(stripes, height):
+    # In fp64, so that the two summation orders agree to far below any real difference
+    # (in fp32 one element in 70,000 can differ by 2e-4, depending on the thread count).
     torch.manual_seed(0)
     model = MODELS['jlml'](5, num_stripes=stripes)
     _randomise_bn(model)
-    model.eval()
-    x = model.shared(torch.randn(3, 3, height, 64))
+    reference = LoopedLocalBranch(model.local_branch).double().eval()  # copies, then fp64
+    model.double().eval()
+    x = model.shared(torch.randn(3, 3, height, 64, dtype=torch.float64))
     branch = model.local_branch
-    reference = LoopedLocalBranch(branch).eval()
     with torch.no_grad():
-        torch.testing.assert_close(branch(x), reference(x), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(branch(x), reference(x), rtol=1e-9, atol=1e-9)
         # The towers themselves, before pooling and the feature layer.
         stacked = branch.tower(branch.stack_stripes(x))
         per_stripe = [s(part) for s, part in zip(reference.streams, x.chunk(stripes, dim=2))]
-    torch.testing.assert_close(stacked, torch.cat(per_stripe, 1), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(stacked, torch.cat(per_stripe, 1), rtol=1e-9, atol=1e-9)
 
 
 def test_each_stripe_stream_sees_only_its_own_stripe():
@@ -288,3 +290,14 @@ def test_test_feature_options():
         torch.testing.assert_close(half.norm(dim=1), torch.ones(len(x)))
     torch.testing.assert_close(normed_joined[:, :512],
                                torch.nn.functional.normalize(joined[:, :512], dim=1))
+
+
+def test_feature_layers_start_at_he_fan_out_or_at_a_given_std():
+    torch.manual_seed(0)
+    he = MODELS['jlml'](5).global_branch.embed.fc.weight
+    assert he.std().item() == pytest.approx((2 / he.shape[0]) ** 0.5, rel=0.05)
+    small = MODELS['jlml'](5, feat_init_std=0.01)
+    for branch in (small.global_branch, small.local_branch):
+        assert branch.embed.fc.weight.std().item() == pytest.approx(0.01, rel=0.05)
+    with pytest.raises(ValueError, match='feat_init_std >= 0'):
+        MODELS['jlml'](5, feat_init_std=-1.0)

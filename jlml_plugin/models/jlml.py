@@ -240,15 +240,17 @@ class JLML(nn.Module):
                  branches: Sequence[str] = ('global', 'local'), shared_stem: bool = True,
                  joint_classifier: bool = False, num_stripes: int = 4, feat_dim: int = 512,
                  dropout: float = 0.5, pre_relu_feature: bool = True,
-                 normalize_branches: bool = False, arch: JLMLArch = RESNET39) -> None:
+                 normalize_branches: bool = False, feat_init_std: float = 0.0,
+                 arch: JLMLArch = RESNET39) -> None:
         super().__init__()
         if loss not in ('softmax', 'triplet'):
             raise KeyError(f"Unsupported loss: {loss!r} (JLML supports 'softmax' and 'triplet')")
         branches = tuple(branches)
         if not branches or set(branches) - {'global', 'local'} or len(set(branches)) != len(branches):
             raise ValueError(f"JLML branches must be 'global' and/or 'local', got {branches}")
-        if num_stripes < 1 or feat_dim < 1 or not 0 <= dropout < 1:
-            raise ValueError('JLML needs num_stripes >= 1, feat_dim >= 1 and 0 <= dropout < 1')
+        if num_stripes < 1 or feat_dim < 1 or not 0 <= dropout < 1 or feat_init_std < 0:
+            raise ValueError('JLML needs num_stripes >= 1, feat_dim >= 1, 0 <= dropout < 1 '
+                             'and feat_init_std >= 0')
         self.loss = loss
         self.branch_names = branches
         self.num_stripes = num_stripes
@@ -273,7 +275,7 @@ class JLML(nn.Module):
             self.head_names = tuple(f'classifier_{b[0]}' for b in branches)
             for head in self.head_names:
                 setattr(self, head, nn.Linear(feat_dim, num_classes))
-        _init_weights(self)
+        _init_weights(self, feat_init_std)
 
     def sparsity_params(self) -> Dict[str, str]:
         """The feature-layer weights the paper's sparsity terms act on, by term name."""
@@ -325,8 +327,9 @@ def he_fan_out_std(conv: nn.Conv2d) -> float:
     return math.sqrt(2.0 / (conv.out_channels // conv.groups * kh * kw))
 
 
-def _init_weights(model: nn.Module) -> None:
-    """He (fan-out) init for convs, per stream in grouped ones, and for feature layers;
+def _init_weights(model: nn.Module, feat_init_std: float = 0.0) -> None:
+    """He (fan-out) init for convs, per stream in grouped ones, and for feature layers
+    (or N(0, ``feat_init_std``) where it is above 0: a control for the sparsity terms);
     zero-init the last BN of each residual block so every block starts as the identity
     (helps training from scratch); N(0, 0.01) classifiers."""
     for module in model.modules():
@@ -341,6 +344,8 @@ def _init_weights(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, Bottleneck):
             nn.init.zeros_(module.bn3.weight)
+        elif isinstance(module, Embedding) and feat_init_std > 0:
+            nn.init.normal_(module.fc.weight, 0, feat_init_std)
         elif isinstance(module, Embedding):
             nn.init.kaiming_normal_(module.fc.weight, mode='fan_out', nonlinearity='relu')
 
