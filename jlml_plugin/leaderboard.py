@@ -166,19 +166,29 @@ def _ablation_entries(spec: Dict[str, Any]) -> List[Dict[str, Any]]:
     if unknown:
         raise ConfigError(f'unknown ablations key(s) {sorted(unknown)}; expected '
                           f'{sorted(_ABLATION_KEYS)}')
-    return _entries(ablations.get('models'), 'ablations.models', _ENTRY_KEYS + ('claim',))
+    return _entries(ablations.get('models'), 'ablations.models',
+                    _ENTRY_KEYS + ('claim', 'against'))
 
 
-def ablation_claims(spec: Dict[str, Any]) -> Tuple[str, Dict[str, str]]:
-    """The model the ablations are measured against, and each ablation's claim: what that
-    model beating it would show (e.g. 'joint features beat global-only')."""
+def ablation_claims(spec: Dict[str, Any]) -> Tuple[str, List[Tuple[str, str, str]]]:
+    """The model the ablations are measured against, and each stated claim as ``(a, b,
+    claim)``: what ``a`` beating ablation ``b`` would show (e.g. 'joint features beat
+    global-only'). ``a`` is ``ablations.reference``, or the entry's own ``against`` (a
+    planned label: e.g. both arms at lambda 0)."""
     reference = (spec.get('ablations') or {}).get('reference', '')
-    stated = {e['label']: e['claim'] for e in _ablation_entries(spec) if e.get('claim')}
     labels = [e['label'] for e in _models(spec)]
-    if stated and reference not in labels:
-        raise ConfigError(f'ablations.reference must name the model the claims are measured '
-                          f'against, one of {labels}; got {reference!r}')
-    return reference, stated
+    planned = labels + [e['label'] for e in _ablation_entries(spec)]
+    claims = []
+    for entry in _ablation_entries(spec):
+        if not entry.get('claim'):
+            continue
+        against = entry.get('against') or reference
+        if against not in planned or (against == reference and reference not in labels):
+            raise ConfigError(f'{entry["label"]}: its claim must be measured against a planned '
+                              f'model (ablations.reference or the entry\'s against), one of '
+                              f'{labels}; got {against!r}')
+        claims.append((against, entry['label'], entry['claim']))
+    return reference, claims
 
 
 def plan_runs(spec: Dict[str, Any]) -> List[Run]:
@@ -451,11 +461,11 @@ def _train_one(board: Board, run: Run, cfg, env: Dict[str, Any]) -> None:
 
 def _write_report(spec: Dict[str, Any], output: str, order: List[str], env: Dict[str, Any]
                   ) -> List[Dict[str, Any]]:
-    reference, stated = ablation_claims(spec)
-    models = [e['label'] for e in _models(spec)] if reference else []
+    reference, claims = ablation_claims(spec)
+    rankings = [(reference, e['label'], f'{reference} beats {e["label"]}')
+                for e in _models(spec) if reference and e['label'] != reference]
     return report.write_report(output, order, title=spec.get('title', ''),
-                               header=_header(spec, env), reference=reference, claims=stated,
-                               rankings=models)
+                               header=_header(spec, env), rankings=rankings, claims=claims)
 
 
 def _finished_runs(output: str, fingerprint: str, configs: Dict[tuple, Any]

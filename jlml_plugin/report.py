@@ -221,13 +221,13 @@ def comparisons_table(rows: List[Dict[str, Any]], what: str,
     """One row per comparison: the pooled difference with its interval and verdict in each
     metric, then each split's difference, R1 (mAP)."""
     splits = sorted({s for row in rows for s in row['splits']})
-    out = [f'| claim | {what} | '
+    out = [f'| claim | {what} pair | '
            + ''.join(f'{_METRIC_NAMES[m]} difference [95% CI] | ' for m in metrics)
            + ' | '.join(f'split {s}' for s in splits) + ' |',
            '|---|---|' + '---|' * (len(metrics) + len(splits))]
     for row in rows:
         cells = [row['per_split'].get(str(s)) for s in splits]
-        out.append(f"| {row['claim']} | {row['b']} | "
+        out.append(f"| {row['claim']} | {row['a']} − {row['b']} | "
                    + ''.join(f'{_cell(row[m])} | ' for m in metrics)
                    + ' | '.join(f"{c['rank1']:+.1f} ({c['mAP']:+.1f})" if c else '–'
                                 for c in cells) + ' |')
@@ -299,13 +299,13 @@ def intervals_table(queries: List[Dict[str, Any]], rows: List[Dict[str, Any]]) -
 
 
 def write_report(folder: str, order: Optional[List[str]] = None, title: str = '',
-                 header: str = '', reference: str = '', claims: Optional[Dict[str, str]] = None,
-                 rankings: Sequence[str] = ()) -> List[Dict[str, Any]]:
+                 header: str = '', rankings: Sequence[Tuple[str, str, str]] = (),
+                 claims: Sequence[Tuple[str, str, str]] = ()) -> List[Dict[str, Any]]:
     """Regenerates every report file in ``folder`` from its records: ``results.csv``,
     ``summary.json``, ``leaderboard.md``, ``cmc.png``, and where there are comparisons,
-    ``comparisons.json`` and ``forest.png``. ``claims`` (ablation label → what
-    ``reference`` beating it would show) and ``rankings`` (models ``reference`` is ranked
-    against) are compared with ``reference``, paired by query."""
+    ``comparisons.json`` and ``forest.png``. ``rankings`` (a model against each baseline)
+    and ``claims`` (a model against each ablation) are ``(a, b, claim)``: ``a`` minus
+    ``b``, paired by query."""
     with _folder_lock(folder):  # the files then agree with one state of the records
         records = load_records(folder)
         queries = load_queries(folder)
@@ -329,15 +329,11 @@ def write_report(folder: str, order: Optional[List[str]] = None, title: str = ''
             pooled = intervals_table(queries, group)
             if pooled:
                 body += f'\n### {name}, pooled over splits and seeds\n\n{pooled}'
-        sections = {
-            'rankings': compare(records, queries, [(reference, label, f'{reference} beats {label}')
-                                                   for label in rankings if label != reference]),
-            'claims': compare(records, queries, [(reference, label, claim)
-                                                 for label, claim in (claims or {}).items()]),
-        }
+        sections = {'rankings': compare(records, queries, list(rankings)),
+                    'claims': compare(records, queries, list(claims))}
         for name, what in (('rankings', 'model'), ('claims', 'ablation')):
             if sections[name]:
-                body += (f'\n### {name}: {reference} minus the {what}, paired by query\n\n'
+                body += (f'\n### {name}: the first minus the second, paired by query\n\n'
                          f'{comparisons_table(sections[name], what)}')
         if any(sections.values()):
             body += COMPARISONS_NOTE

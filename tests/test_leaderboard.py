@@ -53,12 +53,12 @@ def test_synthetic_board_writes_every_report(board):
     jlml, jlml_global = (next(r for r in records if r['label'] == label and r['split_id'] == 0)
                          for label in ('jlml', 'jlml_global'))
     gain = (jlml['rank1'] - jlml_global['rank1']) * 100
-    assert ('### claims: jlml minus the ablation, paired by query\n\n'
-            '| claim | ablation | R1 difference [95% CI] | mAP difference [95% CI] | split 0 |'
+    assert ('### claims: the first minus the second, paired by query\n\n'
+            '| claim | ablation pair | R1 difference [95% CI] | mAP difference [95% CI] | split 0 |'
             ) in table
-    assert f'| joint features beat global-only | jlml_global | {gain:+.1f} [' in table
+    assert f'| joint features beat global-only | jlml − jlml_global | {gain:+.1f} [' in table
     assert 'jlml_lambda0 |' not in table.split('### claims')[1]  # it states no claim
-    assert '| jlml beats osnet_x0_25 | osnet_x0_25 | ' in table
+    assert '| jlml beats osnet_x0_25 | jlml − osnet_x0_25 | ' in table
     # The comparisons are computed from the per-query records alone.
     queries = [json.loads(line) for line in open(os.path.join(board, 'queries.jsonl'))]
     assert sorted((q['label'], q['split_id']) for q in queries) == sorted(
@@ -169,8 +169,8 @@ def _config(tmp_path, **changes):
     (dict(colour='red'), "unknown leaderboard key(s) ['colour']"),
     (dict(ablations={'refrence': 'jlml'}), "unknown ablations key(s) ['refrence']"),
     (dict(ablations={'reference': 'jlmI', 'models': [{'name': 'jlml_global', 'claim': 'x'}]}),
-     "ablations.reference must name the model the claims are measured against, one of "
-     "['jlml', 'osnet_x0_25']; got 'jlmI'"),
+     "jlml_global: its claim must be measured against a planned model (ablations.reference "
+     "or the entry's against), one of ['jlml', 'osnet_x0_25']; got 'jlmI'"),
 ])
 def test_bad_configs_fail_before_any_training(tmp_path, data_root, capsys, changes, message):
     output = tmp_path / 'out'
@@ -303,7 +303,7 @@ def test_versus_pairs_each_model_with_its_run_on_another_board(tmp_path, capsys)
         report.append_record(spec['output'], dict(label='jlml', split_id=0, rank1=0.5, mAP=sum(ap) / 4),
                              dict(index=[0, 1, 2, 3], pid=[0, 0, 1, 1], first_rank=[2, 1, 1, 3], ap=ap))
     code, out, _ = _run(['--config', str(configs['fast']), '--versus', str(configs['slow'])], capsys)
-    assert code == 0 and '| jlml | jlml@slow | +0.0 [+0.0, +0.0] not shown | +5.0 [+0.0, +10.0] ' in out
+    assert code == 0 and '| jlml | jlml@fast − jlml@slow | +0.0 [+0.0, +0.0] not shown | +5.0 [+0.0, +10.0] ' in out
     rows = json.load(open(tmp_path / 'fast' / 'versus_slow.json'))
     assert [row['claim'] for row in rows] == ['jlml']  # osnet_x0_25 ran on neither board
     assert rows[0]['mAP']['mean'] == pytest.approx(5.0) and rows[0]['rank1']['mean'] == 0

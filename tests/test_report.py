@@ -34,11 +34,11 @@ def test_a_claim_reads_its_pooled_paired_interval():
     assert local['rank1']['verdict'] == 'not shown'  # the same first ranks: a zero interval
     assert lambda0['rank1'] is None and lambda0['splits'] == [0]
     assert comparisons_table(rows, 'ablation').splitlines() == [
-        '| claim | ablation | R1 difference [95% CI] | mAP difference [95% CI] | split 0 | split 2 |',
+        '| claim | ablation pair | R1 difference [95% CI] | mAP difference [95% CI] | split 0 | split 2 |',
         '|---|---|---|---|---|---|',
-        '| joint beats local | local | +0.0 [+0.0, +0.0] not shown | +10.0 [+10.0, +10.0] holds '
+        '| joint beats local | jlml − local | +0.0 [+0.0, +0.0] not shown | +10.0 [+10.0, +10.0] holds '
         '| +10.0 (+10.0) | -1.0 (+1.0) |',
-        '| sparsity helps | lambda0 | no per-query records | no per-query records '
+        '| sparsity helps | jlml − lambda0 | no per-query records | no per-query records '
         '| +20.0 (+17.0) | – |']
 
 
