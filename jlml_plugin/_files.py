@@ -1,5 +1,5 @@
 """Safe files: atomic writes (a crash leaves the old file or the new one, never half of one)
-and advisory locks between processes."""
+and locks between processes (filelock's: flock on POSIX, msvcrt on Windows)."""
 from __future__ import annotations
 
 import contextlib
@@ -7,10 +7,7 @@ import os
 import tempfile
 from typing import IO, Iterator
 
-try:
-    import fcntl
-except ImportError:  # Windows: no advisory locks; one process per results folder there
-    fcntl = None
+import filelock
 
 
 @contextlib.contextmanager
@@ -38,14 +35,16 @@ def exclusive_lock(path: str, wait: bool = True) -> Iterator[bool]:
     True; with ``wait=False`` it yields False at once if another holder has it. The OS drops
     the lock when its holder dies, so a killed process never leaves a stale one."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, 'a') as handle:
-        if fcntl is not None:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-            except BlockingIOError:
-                yield False
-                return
+    lock = filelock.FileLock(path, timeout=-1 if wait else 0)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        yield False
+        return
+    try:
         yield True
+    finally:
+        lock.release()
 
 
 def atomic_write_text(path: str, text: str) -> None:
