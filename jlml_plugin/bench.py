@@ -1,6 +1,7 @@
 """``jlml-bench``: measured numbers, side by side in one process.
 
     jlml-bench speed --models jlml,resnet50,osnet_x1_0,hacnn --height 160 --width 64 --batch 32
+    jlml-bench loop --config-file configs/jlml_cuhk01.yaml --root reid-data [KEY VALUE ...]
     jlml-bench data --root reid-data --dataset cuhk01_seeded --workers 0,1,2
     jlml-bench evaluator --queries 3368 --gallery 15913 --ids 751 --cams 6
     jlml-bench profile --model jlml --height 160 --width 64 --batch 32
@@ -12,7 +13,9 @@ optimizer step, sparsity terms) and inference of each model, interleaved model b
 machine's speed hits all of them alike; it reports the median and each model's ratio
 to a reference model. ``jlml@looped`` is JLML with its stripe streams run one by one in
 a Python loop (the paper's drawing), for the before/after of batching them.
-``data`` times torchreid's train loader alone. ``evaluator`` times the plugin's
+``loop`` times the real training loop of a config (data, hooks and all) against its step
+alone, in one process, and the time it waits for batches. ``data`` times torchreid's train
+loader alone. ``evaluator`` times the plugin's
 evaluator against torchreid's Python fallback and, where it is built, its Cython one.
 ``profile`` prints torch.profiler's table of the operators that take the time of one
 model's training steps. ``gpu`` runs every GPU check in one command and ``gpu-pack``
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from typing import Dict, List, Optional
 
 import torch
@@ -33,7 +37,9 @@ from ._files import atomic_open
 from .errors import ConfigError
 from .report import environment
 from .gpukit import pack, run_kit
-from .timing import evaluator_speed, loader_speed, profile, speed
+from .config import load_config, trained_config
+from .runner import validate
+from .timing import evaluator_speed, loader_speed, loop_speed, profile, speed
 
 __all__ = ['main']
 
@@ -63,6 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument('--amp', default='off', choices=['off', 'bf16', 'fp16'])
     sp.add_argument('--compile', action='store_true', help='torch.compile each model')
     sp.add_argument('--output', default='', help='JSON file')
+    lp = sub.add_parser('loop', help='the real training loop against its step, one process')
+    lp.add_argument('--config-file', required=True, help='a jlml-train config')
+    lp.add_argument('--root', default='', help='datasets folder (data.root)')
+    lp.add_argument('--epochs', type=int, default=1)
+    lp.add_argument('--threads', type=int, default=0, help='torch threads (0: leave as is)')
+    lp.add_argument('--output', default='', help='JSON file')
+    lp.add_argument('opts', nargs=argparse.REMAINDER, help='KEY VALUE overrides')
     dp = sub.add_parser('data', help="torchreid's train loader images/s")
     dp.add_argument('--root', required=True)
     dp.add_argument('--dataset', default='cuhk01_seeded')
@@ -127,6 +140,21 @@ def run(argv: List[str]) -> int:
                   f'{row["train_images_per_s"]:>13.1f}{row.get("train_ratio", float("nan")):>7.2f}'
                   f'{row["infer_images_per_s"]:>13.1f}{row.get("infer_ratio", float("nan")):>7.2f}')
         _write(args.output, dict(command='speed', args=vars(args), env=env, results=results))
+    elif args.command == 'loop':
+        if args.threads:
+            torch.set_num_threads(args.threads)
+            env['torch_threads'] = args.threads
+        cfg = load_config(args.config_file, args.opts + (['data.root', args.root] if args.root else []))
+        cfg.data.save_dir = tempfile.mkdtemp(prefix='jlml-bench-loop-')
+        validate(cfg)
+        results = loop_speed(cfg, args.epochs)
+        print(f"loop {results['loop_images_per_s']:.1f} img/s (of it, waiting for batches "
+              f"{results['data_wait_seconds']:.1f} of {results['loop_seconds']:.1f} s); step alone "
+              f"{results['step_images_per_s']:.1f} img/s; loop / step "
+              f"{results['loop_over_step']:.1%}; the loader alone "
+              f"{results['loader_alone_images_per_s']:.1f} img/s")
+        _write(args.output, dict(command='loop', args=vars(args), env=env, results=results,
+                                 config=trained_config(cfg)))
     elif args.command == 'data':
         workers = [int(w) for w in args.workers.split(',')]
         results = loader_speed(args.root, args.dataset, args.height, args.width, args.batch,

@@ -21,7 +21,8 @@ from .models.reference import LoopedLocalBranch
 from .precision import AMP_MODES
 from .regularizers import jlml_sparsity
 
-__all__ = ['build_bench_model', 'time_call', 'speed', 'loader_speed', 'evaluator_speed', 'profile']
+__all__ = ['build_bench_model', 'time_call', 'speed', 'loop_speed', 'loader_speed',
+           'evaluator_speed', 'profile']
 
 _tr = _torchreid
 
@@ -128,6 +129,66 @@ def speed(models: List[str], height: int, width: int, batch: int, warmup: int = 
             row['train_ratio'] = row['train_images_per_s'] / results[reference]['train_images_per_s']
             row['infer_ratio'] = row['infer_images_per_s'] / results[reference]['infer_images_per_s']
     return results
+
+
+class _TimedLoader:
+    """A loader whose batches are timed: ``seconds`` is the time spent waiting for them."""
+
+    def __init__(self, loader) -> None:
+        self.loader, self.seconds = loader, 0.0
+        self.sampler = getattr(loader, 'sampler', None)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        batches = iter(self.loader)
+        while True:
+            start = time.perf_counter()
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            finally:
+                self.seconds += time.perf_counter() - start
+            yield batch
+
+
+def loop_speed(cfg, epochs: int = 1) -> Dict[str, float]:
+    """The real training loop against its step, in one process and so under the same
+    threads and contention: images/s of ``epochs`` epochs of the engine's ``train()`` with
+    the config's data, model, engine and hooks (as ``jlml-train`` builds them), of the
+    waits for batches inside it, then of as many ``forward_backward`` steps on one cached
+    batch (the step ``jlml-bench speed`` times), and of the train loader alone."""
+    from .runner import build_datamanager, build_engine, build_model, place_model
+    datamanager = build_datamanager(cfg)
+    model = build_model(cfg, datamanager.num_train_pids)
+    model, regularizer = place_model(cfg, model, torch.device('cpu'), distributed=False)
+    engine = build_engine(cfg, datamanager, model, regularizer)
+    engine.train_loader = timed = _TimedLoader(datamanager.train_loader)
+    engine.start_epoch, engine.max_epoch = 0, epochs
+    engine._call_hooks('before_train', cfg.data.save_dir)
+    start = time.perf_counter()
+    for engine.epoch in range(epochs):
+        engine.train(print_freq=cfg.train.print_freq)
+    loop = time.perf_counter() - start
+    engine._call_hooks('after_train')
+    images = engine.throughput.images
+    batches = len(timed) * epochs
+    batch = next(iter(datamanager.train_loader))
+    start = time.perf_counter()
+    for _ in range(batches):
+        engine.forward_backward(batch)
+    step = time.perf_counter() - start
+    start, loaded = time.perf_counter(), 0
+    for data in datamanager.train_loader:
+        loaded += len(data['img'])
+    loader = time.perf_counter() - start
+    return dict(batches=batches, images=images, loop_seconds=loop, data_wait_seconds=timed.seconds,
+                step_seconds=step, loop_images_per_s=images / loop,
+                step_images_per_s=batches * len(batch['img']) / step,
+                loop_over_step=(images / loop) / (batches * len(batch['img']) / step),
+                loader_alone_images_per_s=loaded / loader)
 
 
 def loader_speed(root: str, dataset: str, height: int, width: int, batch: int,

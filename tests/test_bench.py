@@ -66,3 +66,17 @@ def test_speed_times_the_engines_own_training_step(monkeypatch, tmp_path):
     # warm-up + repeats, per model; JLML's step carries its sparsity terms
     assert sorted(set(calls)) == [('JLML', True), ('OSNet', False)]
     assert len(calls) == 2 * (1 + 2)
+
+
+def test_loop_against_step_on_the_synthetic_set(data_root, tmp_path, capsys):
+    out = tmp_path / 'loop.json'
+    assert bench.main(['loop', '--config-file', 'configs/jlml_synthetic.yaml', '--threads', '1',
+                       '--output', str(out), 'data.root', data_root,
+                       'data.sources', "['synthreid_tiny']", 'data.targets', "['synthreid_tiny']",
+                       'data.height', '64', 'data.width', '32', 'data.workers', '0',
+                       'train.batch_size', '8']) == 0
+    assert 'loop / step' in capsys.readouterr().out
+    results = json.load(open(out))['results']
+    assert results['images'] == results['batches'] * 8  # every batch of the epoch, full
+    assert 0 < results['data_wait_seconds'] < results['loop_seconds']
+    assert results['loop_over_step'] > 0 and results['loader_alone_images_per_s'] > 0
