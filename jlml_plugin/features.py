@@ -20,7 +20,7 @@ from torchvision import transforms as T
 from . import _torchreid
 from .checkpoint import model_state
 from .errors import CheckpointError, ConfigError
-from .models import MODELS
+from .models import build
 
 __all__ = ['load_feature_model', 'CheckpointFeatureExtractor']
 
@@ -36,14 +36,8 @@ def load_feature_model(path: str, model_name: str = '',
     name = model_name or meta.get('model_name', '')
     if not name:
         raise ConfigError(f'{path} does not say which model it holds; pass --model NAME')
-    if name not in _torchreid.model_factory():
-        raise ConfigError(f'unknown model {name!r}; choose from: '
-                          f'{", ".join(sorted(_torchreid.model_factory()))}')
     kwargs = meta.get('model_kwargs', {}) if name == meta.get('model_name') else {}
-    if name in MODELS:
-        model = MODELS[name](1, pretrained=False, **kwargs)
-    else:
-        model = _torchreid.models.build_model(name, 1, pretrained=False, use_gpu=False)
+    model = build(name, 1, **kwargs)
     state = model_state(checkpoint)
     target = model.state_dict()
     mismatched = [k for k, v in state.items() if not k.startswith(_HEAD_PREFIXES)

@@ -32,6 +32,7 @@ from .engine import JLMLEngine, JLMLTripletEngine
 from .precision import check_amp
 from .errors import ConfigError
 from .metrics import RankResult
+from . import models
 from .models import MODELS, default_cfgs
 from .models.jlml import ARCH_KEYS
 from .regularizers import REGULARIZERS, SparsityHook, SparsityTerm
@@ -124,12 +125,10 @@ def model_kwargs(cfg: CN) -> Dict[str, Any]:
 def build_model(cfg: CN, num_classes: int) -> torch.nn.Module:
     """A JLML model with the config's ``jlml`` keys, or any torchreid model by name."""
     name = cfg.model.name
-    if name in MODELS:
-        return MODELS[name](num_classes, loss=cfg.loss.name, pretrained=cfg.model.pretrained,
-                            **model_kwargs(cfg))
     try:
-        return _tr.models.build_model(name, num_classes, loss=cfg.loss.name,
-                                      pretrained=cfg.model.pretrained, use_gpu=cfg.use_gpu)
+        return models.build(name, num_classes, loss=cfg.loss.name,
+                            pretrained=cfg.model.pretrained, use_gpu=cfg.use_gpu,
+                            **model_kwargs(cfg))
     except OSError as exc:  # URLError, gdown/requests connection errors
         if not cfg.model.pretrained:
             raise

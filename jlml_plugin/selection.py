@@ -31,7 +31,7 @@ from ._files import atomic_open
 from . import report, stats
 from .checkpoint import latest_checkpoint, load_checkpoint, model_state
 from .errors import CheckpointError, ConfigError
-from .models import MODELS
+from .models import MODELS, build
 from .regularizers import SparsityTerm, jlml_terms, selection_norms
 
 __all__ = ['OFF_RATIO', 'checkpoint_terms', 'selection_summary', 'selection_record',
@@ -50,7 +50,7 @@ def checkpoint_terms(checkpoint: Dict[str, Any]) -> List[SparsityTerm]:
         return terms
     name = meta.get('model_name', '')
     if name in MODELS:
-        return jlml_terms(MODELS[name](1, **meta.get('model_kwargs', {})), 0.0, 0.0)
+        return jlml_terms(build(name, 1, **meta.get('model_kwargs', {})), 0.0, 0.0)
     raise CheckpointError('the checkpoint names no sparsity terms and no JLML model; '
                           'train it with jlml.reg_*.param set, or pass a JLML checkpoint')
 

@@ -16,7 +16,7 @@ from . import _torchreid
 from .engine import JLMLEngine
 from .errors import ConfigError
 from .metrics import evaluate_rank
-from .models import MODELS
+from .models import MODELS, build
 from .models.reference import LoopedLocalBranch
 from .precision import AMP_MODES
 from .regularizers import jlml_sparsity
@@ -32,10 +32,7 @@ def build_bench_model(name: str, num_classes: int) -> torch.nn.Module:
     base, _, variant = name.partition('@')
     if variant not in ('', 'looped') or (variant and base not in MODELS):
         raise ConfigError(f'unknown model variant {name!r}; only JLML models take @looped')
-    if base not in _tr.model_factory():
-        raise ConfigError(f'unknown model {base!r}; choose from: '
-                          f'{", ".join(sorted(_tr.model_factory()))}')
-    model = _tr.models.build_model(base, num_classes, pretrained=False, use_gpu=False)
+    model = build(base, num_classes)
     if variant == 'looped':
         model.local_branch = LoopedLocalBranch(model.local_branch)
     return model

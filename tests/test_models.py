@@ -301,3 +301,14 @@ def test_feature_layers_start_at_he_fan_out_or_at_a_given_std():
         assert branch.embed.fc.weight.std().item() == pytest.approx(0.01, rel=0.05)
     with pytest.raises(ValueError, match='feat_init_std >= 0'):
         MODELS['jlml'](5, feat_init_std=-1.0)
+
+
+def test_build_is_the_one_way_from_a_name_to_a_model():
+    from jlml_plugin.errors import ConfigError
+    from jlml_plugin.models import build
+    assert build('jlml', 7, num_stripes=2).num_stripes == 2  # a plugin model takes its keys
+    assert build('osnet_x0_25', 7).classifier.out_features == 7  # a torchreid one its own way
+    with pytest.raises(ConfigError, match="unknown model 'jlmll'; choose from: .*jlml_global"):
+        build('jlmll', 7)
+    with pytest.raises(ConfigError, match=r"osnet_x0_25 is a torchreid model and takes none of \['num_stripes'\]"):
+        build('osnet_x0_25', 7, num_stripes=2)

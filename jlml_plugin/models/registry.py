@@ -1,14 +1,17 @@
 """One registry for the plugin's models: ``@register_variant(...)`` on a builder puts it in
 :data:`MODELS`, in torchreid's model factory and, with its metadata, in
 :data:`default_cfgs` (timm's convention), which tools and tests read instead of keeping
-lists of their own."""
+lists of their own. :func:`build` is the one place any model is built from its name."""
 from __future__ import annotations
 
 from typing import Callable, Dict
 
-from .. import _torchreid
+import torch
 
-__all__ = ['MODELS', 'default_cfgs', 'register_variant']
+from .. import _torchreid
+from ..errors import ConfigError
+
+__all__ = ['MODELS', 'default_cfgs', 'register_variant', 'build']
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -40,3 +43,19 @@ def register_variant(**metadata) -> Callable[[Callable], Callable]:
         _torchreid.register_model(name, builder)
         return builder
     return register
+
+
+def build(name: str, num_classes: int, loss: str = 'softmax', pretrained: bool = False,
+          use_gpu: bool = False, **kwargs) -> torch.nn.Module:
+    """Any model torchreid knows, by name: a plugin builder with its keyword arguments (its
+    ``jlml`` keys), any other through torchreid's ``build_model``, which takes none."""
+    factory = _torchreid.model_factory()
+    if name not in factory:
+        raise ConfigError(f'unknown model {name!r}; choose from: {", ".join(sorted(factory))}')
+    if name in MODELS:
+        return MODELS[name](num_classes, loss=loss, pretrained=pretrained, use_gpu=use_gpu,
+                            **kwargs)
+    if kwargs:
+        raise ConfigError(f'{name} is a torchreid model and takes none of {sorted(kwargs)}')
+    return _torchreid.models.build_model(name, num_classes, loss=loss, pretrained=pretrained,
+                                         use_gpu=use_gpu)
