@@ -588,6 +588,12 @@ def run(argv: List[str]) -> int:
         order = _label_order(plan_runs(spec))
         records = report.load_records(output)
         _write_report(spec, output, order, records[-1]['env'] if records else report.environment())
+        text = open(os.path.join(output, 'leaderboard.md'), encoding='utf-8').read()
+        comparisons = text.find('\n### rankings:')
+        comparisons = comparisons if comparisons >= 0 else text.find('\n### claims:')
+        if comparisons >= 0:  # every ranking and claim, with its interval and verdict
+            print(text[comparisons:].strip())
+        print(f'reports rewritten in {output}')
         return 0
     only = [s for s in args.only.split(',') if s]
     try:

@@ -330,3 +330,12 @@ def test_a_selection_path_from_records(tmp_path, capsys):
     assert os.path.getsize(tmp_path / 'path_jlml.reg_global.weight.png') > 0
     assert selection.main(['--board', folder, '--key', 'jlml.reg_local.weight']) == 2
     assert 'a path needs 2 or more' in capsys.readouterr().err
+
+
+def test_report_only_prints_every_comparison_with_its_interval(board, capsys):
+    code, out, _ = _run(['--config', SYNTHETIC, '--output', board, '--report-only'], capsys)
+    assert code == 0 and out.startswith('### rankings: the first minus the second')
+    for row in ('| jlml beats osnet_x0_25 | jlml − osnet_x0_25 | ',
+                '| joint features beat global-only | jlml − jlml_global | '):
+        line = next(line for line in out.splitlines() if line.startswith(row))
+        assert line.count('[') == 2 and any(v in line for v in ('holds', 'fails', 'not shown'))
