@@ -528,9 +528,9 @@ def _header(spec: Dict[str, Any], env: Dict[str, Any]) -> str:
         text += (f'\nEach model was tuned on `{spec["tune"]["dataset"]}` with the same budget, '
                  f'one run per grid point ({grid}), and trained here with the point of highest '
                  f'{tuning["rule"]} (records: `{tuning["output"]}`); ablations train with '
-                 f'their reference\'s. Chosen: ' + '; '.join(
+                 f'their reference\'s. Chosen: ' + ('; '.join(
                      f'{label} ' + ', '.join(f'{k}={v}' for k, v in point.items())
-                     for label, point in choices.items()) + '.\n')
+                     for label, point in choices.items()) or 'none yet') + '.\n')
     return text
 
 
