@@ -356,9 +356,9 @@ def write_report(folder: str, order: Optional[List[str]] = None, title: str = ''
 
 #: How to read the comparison tables, printed under them.
 COMPARISONS_NOTE = """
-Differences are in points. The interval is a paired bootstrap over test identities (both
-queries of a person are kept together; splits are strata; a model's seeds are averaged query
-by query), 10,000 draws, 95% percentile. **holds**: the interval lies above zero; **fails**:
+Differences are in points. The interval is a paired bootstrap over test identities (all
+queries of a person, in every split that tests them, are drawn together; a model's seeds are
+averaged query by query), 10,000 draws, 95% percentile. **holds**: the interval lies above zero; **fails**:
 below; **not shown**: it contains zero. The per-split columns are point differences.
 """
 

@@ -2,9 +2,11 @@
 
 A re-id test set is a sample of people, and each person is queried more than once (two
 queries per identity on CUHK01), so queries are not independent. Every interval here
-resamples **identities**: each draw picks as many identities as the split has, with
-replacement, and keeps all of a picked identity's queries. Splits are strata (each is
-resampled within itself) and the statistic pools their queries.
+resamples **identities**: each draw picks as many identities as there are, with
+replacement, and keeps all of a picked identity's queries, in every split it is tested
+in. CUHK01's partitions overlap (a person is a test identity of about half of them, with
+the same images), so an identity's queries in two splits are one unit, not two; the
+statistic pools all queries.
 
 A comparison of two models is **paired**: both were evaluated on the same queries, so the
 per-query difference of their outcomes is resampled, not each model on its own. Runs of
@@ -43,31 +45,26 @@ class Interval:
         return Interval(self.mean * factor, self.low * factor, self.high * factor)
 
 
-def bootstrap_mean(strata: Sequence[Tuple[np.ndarray, np.ndarray]], draws: int = DRAWS,
+def bootstrap_mean(splits: Sequence[Tuple[np.ndarray, np.ndarray]], draws: int = DRAWS,
                    level: float = LEVEL, seed: int = 0) -> Interval:
-    """The mean of ``values`` over every query of every stratum, with a ``level`` percentile
-    interval from ``draws`` resamples of identities within each stratum.
+    """The mean of ``values`` over every query of every split, with a ``level`` percentile
+    interval from ``draws`` resamples of the identities (an identity found in several
+    splits is one unit: it is drawn, or not, with all its queries in all of them).
 
-    ``strata``: one ``(identities, values)`` pair per split, one entry per query.
+    ``splits``: one ``(identities, values)`` pair per split, one entry per query.
     """
-    rng = np.random.default_rng(seed)
-    total_sum, total_count = np.zeros(draws), np.zeros(draws)
-    point_sum, point_count = 0.0, 0
-    for identities, values in strata:
-        values = np.asarray(values, dtype=float)
-        _, owner = np.unique(np.asarray(identities), return_inverse=True)
-        sums = np.bincount(owner, weights=values)
-        counts = np.bincount(owner).astype(float)
-        picks = rng.multinomial(len(sums), np.full(len(sums), 1 / len(sums)), size=draws)
-        total_sum += picks @ sums
-        total_count += picks @ counts
-        point_sum += values.sum()
-        point_count += len(values)
-    if point_count == 0:
+    identities = np.concatenate([np.asarray(ids) for ids, _ in splits]) if splits else []
+    values = np.concatenate([np.asarray(v, dtype=float) for _, v in splits]) if splits else []
+    if len(values) == 0:
         raise ValueError('no queries to bootstrap')
+    _, owner = np.unique(identities, return_inverse=True)
+    sums = np.bincount(owner, weights=values)
+    counts = np.bincount(owner).astype(float)
+    rng = np.random.default_rng(seed)
+    picks = rng.multinomial(len(sums), np.full(len(sums), 1 / len(sums)), size=draws)
     tail = (1 - level) / 2
-    low, high = np.quantile(total_sum / total_count, [tail, 1 - tail])
-    return Interval(float(point_sum / point_count), float(low), float(high))
+    low, high = np.quantile((picks @ sums) / (picks @ counts), [tail, 1 - tail])
+    return Interval(float(values.mean()), float(low), float(high))
 
 
 def verdict(interval: Interval) -> str:
@@ -108,9 +105,9 @@ def model_interval(queries: List[Dict], label: str, metric: str,
     """``label``'s pooled ``metric`` over ``splits`` (default: all it ran), with its
     interval; None without per-query records."""
     runs = runs_by_split(queries, label)
-    strata = [query_scores(runs[s], metric)[1:] for s in sorted(runs)
-              if splits is None or s in splits]
-    return bootstrap_mean(strata) if strata else None
+    parts = [query_scores(runs[s], metric)[1:] for s in sorted(runs)
+             if splits is None or s in splits]
+    return bootstrap_mean(parts) if parts else None
 
 
 def paired_interval(queries: List[Dict], a: str, b: str, metric: str,
@@ -118,7 +115,7 @@ def paired_interval(queries: List[Dict], a: str, b: str, metric: str,
     """``a`` minus ``b`` in ``metric``, query by query, pooled over the splits both ran
     (of ``splits``, if given), with its interval; None where they share no split."""
     runs_a, runs_b = runs_by_split(queries, a), runs_by_split(queries, b)
-    strata = []
+    parts = []
     for split in sorted(set(runs_a) & set(runs_b)):
         if splits is not None and split not in splits:
             continue
@@ -126,5 +123,5 @@ def paired_interval(queries: List[Dict], a: str, b: str, metric: str,
         index_b, _, score_b = query_scores(runs_b[split], metric)
         if not np.array_equal(index, index_b):
             raise ValueError(f'{a} and {b} scored different queries on split {split}')
-        strata.append((pid, score_a - score_b))
-    return bootstrap_mean(strata) if strata else None
+        parts.append((pid, score_a - score_b))
+    return bootstrap_mean(parts) if parts else None

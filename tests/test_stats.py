@@ -25,14 +25,24 @@ def test_interval_matches_the_closed_form_standard_error():
     assert (result.low + result.high) / 2 == pytest.approx(result.mean, abs=0.15 * se)
 
 
-def test_strata_pool_their_queries_with_the_closed_form_variance():
+def test_splits_pool_their_identities_with_the_closed_form_variance():
     rng = np.random.default_rng(2)
     a, b = rng.normal(0.0, 1.0, 300), rng.normal(1.0, 3.0, 100)
-    result = bootstrap_mean([(np.arange(300), a), (np.arange(100), b)], seed=4)
-    # One query per identity: var = (n_a^2 var_a / n_a + n_b^2 var_b / n_b) / N^2.
-    se = np.sqrt(300 * a.var() + 100 * b.var()) / 400
-    assert result.mean == pytest.approx(np.concatenate([a, b]).mean())
-    assert (result.high - result.low) / 2 == pytest.approx(1.96 * se, rel=0.06)
+    result = bootstrap_mean([(np.arange(300), a), (300 + np.arange(100), b)], seed=4)
+    # One query per identity, 400 identities drawn from both splits at once: the pooled
+    # mean's standard error is the pooled population sd over sqrt(400).
+    pooled = np.concatenate([a, b])
+    assert result.mean == pytest.approx(pooled.mean())
+    assert (result.high - result.low) / 2 == pytest.approx(1.96 * pooled.std() / 20, rel=0.06)
+
+
+def test_an_identity_tested_in_two_splits_is_one_unit():
+    """CUHK01's partitions overlap: a person tested in two splits, with the same outcome,
+    adds no more information than one split; the interval is exactly the one split's."""
+    values = np.random.default_rng(8).random(60)
+    one = bootstrap_mean([(np.arange(60), values)], seed=9)
+    two = bootstrap_mean([(np.arange(60), values), (np.arange(60), values)], seed=9)
+    assert one == two
 
 
 def test_identities_are_resampled_not_queries():
