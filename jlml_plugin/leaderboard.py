@@ -230,8 +230,7 @@ def tuning_spec(spec: Dict[str, Any]) -> Optional[Dict[str, Any]]:
     models = []
     for entry in _models(spec):
         for point in _grid_points(grid):
-            label = entry['label'] + '@' + ','.join(f'{k}={v}' for k, v in point.items())
-            models.append(dict(label=label, name=entry['name'],
+            models.append(dict(label=_point_label(entry['label'], point), name=entry['name'],
                                overrides={**entry['overrides'], **point}))
     protocol = merge_values(spec['protocol'], {'data': {'sources': [tune['dataset']],
                                                         'targets': [tune['dataset']]}})
@@ -240,6 +239,16 @@ def tuning_spec(spec: Dict[str, Any]) -> Optional[Dict[str, Any]]:
                       f"rule: highest {tune['rule']}",
                 splits=[tune.get('split', 0)], seeds=_seeds(spec)[:1], protocol=protocol,
                 models=models, ablations={}, grid=grid, rule=tune['rule'])
+
+
+def _point_label(label: str, point: Dict[str, Any]) -> str:
+    """A tuning run's label: its model's, ``@`` and the grid point (``jlml@train.lr=0.0005``)."""
+    return label + '@' + ','.join(f'{k}={v}' for k, v in point.items())
+
+
+def _tuned_model(label: str) -> str:
+    """The model label of a tuning run's label (:func:`_point_label`'s inverse)."""
+    return label.split('@')[0]
 
 
 def _grid_points(grid: Dict[str, List[Any]]) -> List[Dict[str, Any]]:
@@ -261,8 +270,7 @@ def tuning_choices(spec: Dict[str, Any], output: str = '') -> Dict[str, Dict[str
     finished.update({r['label']: float('-inf') for r in report.load_diverged(folder)})
     choices = {}
     for entry in _models(spec):
-        points = [(f"{entry['label']}@" + ','.join(f'{k}={v}' for k, v in p.items()), p)
-                  for p in _grid_points(tuning['grid'])]
+        points = [(_point_label(entry['label'], p), p) for p in _grid_points(tuning['grid'])]
         if all(label in finished for label, _ in points):
             choices[entry['label']] = max(points, key=lambda lp: finished[lp[0]])[1]
     return choices
@@ -309,7 +317,7 @@ def _select(runs: List[Run], only: Optional[List[str]], splits: Optional[List[in
     """``--only`` keeps the labels named (a tuning run by its model's label); ``--splits``
     keeps the board splits named (tuning runs have their own split)."""
     if only:
-        runs = [r for r in runs if (r.label.split('@')[0] if tuning else r.label) in only]
+        runs = [r for r in runs if (_tuned_model(r.label) if tuning else r.label) in only]
     if splits and not tuning:
         runs = [r for r in runs if r.split_id in splits]
     return runs
@@ -432,7 +440,7 @@ def _tuning_in_progress(tuning: Board, label: str) -> bool:
     """Whether another runner is training one of ``label``'s unfinished tuning runs."""
     done = tuning.finished()[0]
     for run in tuning.runs:
-        if run.label.split('@')[0] == label and run.ident not in done:
+        if _tuned_model(run.label) == label and run.ident not in done:
             with exclusive_lock(os.path.join(tuning.config(run).data.save_dir, '.claim'),
                                 wait=False) as claimed:
                 if not claimed:
