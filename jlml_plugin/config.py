@@ -20,6 +20,7 @@ import yaml
 from yacs.config import CfgNode as CN
 
 from .errors import ConfigError
+from .models.registry import MODELS
 from .regularizers import LAMBDA_GLOBAL, LAMBDA_LOCAL
 
 __all__ = ['JLMLConfig', 'get_default_config', 'add_jlml_config', 'get_cfg', 'shipped_config',
@@ -241,8 +242,11 @@ EXECUTION_KEYS = ('data.root', 'data.save_dir', 'data.workers', 'model.resume', 
 
 
 def trained_config(cfg: CN) -> Dict[str, Any]:
-    """The flat keys of ``cfg`` that decide what a run trains (all but ``EXECUTION_KEYS``)."""
-    return {k: v for k, v in flat_keys(cfg).items() if not k.startswith(EXECUTION_KEYS)}
+    """The flat keys of ``cfg`` that decide what a run trains: all but ``EXECUTION_KEYS``,
+    and the ``jlml`` keys only for the plugin's models (the only ones they shape), so that
+    a new JLML default leaves a baseline's records standing."""
+    ignored = EXECUTION_KEYS + (() if cfg.model.name in MODELS else ('jlml.',))
+    return {k: v for k, v in flat_keys(cfg).items() if not k.startswith(ignored)}
 
 
 def config_changes(before: Dict[str, Any], after: Dict[str, Any]) -> List[str]:

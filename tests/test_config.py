@@ -4,7 +4,8 @@ import os
 
 import pytest
 
-from jlml_plugin.config import JLMLConfig, flat_keys, get_cfg, get_default_config, load_config
+from jlml_plugin.config import (JLMLConfig, flat_keys, get_cfg, get_default_config, load_config,
+                                trained_config)
 from jlml_plugin.errors import ConfigError
 from jlml_plugin.leaderboard import load_leaderboard, plan_runs
 from jlml_plugin.runner import validate
@@ -125,3 +126,13 @@ def test_the_default_config_is_a_yacs_node_whose_merge_follows_base(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown config key 'train.lrr' on the command line; "
                                           r"did you mean train.lr"):
         full.merge_from_list(['train.lrr', '0.1'])
+
+
+def test_the_jlml_keys_are_part_of_what_only_the_plugins_models_train():
+    # A new JLML default (a re-chosen λ) must leave a baseline's records standing.
+    cfg = get_cfg()
+    cfg.model.name = 'jlml'
+    assert trained_config(cfg)['jlml.reg_global.weight'] == cfg.jlml.reg_global.weight
+    cfg.model.name = 'osnet_x0_25'
+    assert not [k for k in trained_config(cfg) if k.startswith('jlml.')]
+    assert trained_config(cfg)['train.lr'] == cfg.train.lr

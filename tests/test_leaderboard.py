@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from jlml_plugin import leaderboard, report
-from jlml_plugin._files import exclusive_lock
+from jlml_plugin._files import atomic_write_text, exclusive_lock
 from jlml_plugin.config import flat_keys, flatten
 
 pytestmark = pytest.mark.slow  # trains a 6-run synthetic board
@@ -135,6 +135,12 @@ def test_a_lock_is_exclusive_until_released(tmp_path):
             assert first and not second
     with exclusive_lock(path, wait=False) as again:
         assert again
+
+
+def test_an_atomic_write_leaves_the_permissions_a_plain_write_would(tmp_path):
+    atomic_write_text(str(tmp_path / 'atomic'), 'x')
+    (tmp_path / 'plain').write_text('x')
+    assert os.stat(tmp_path / 'atomic').st_mode == os.stat(tmp_path / 'plain').st_mode
 
 
 def test_tables_follow_the_config_whichever_subset_ran(board, data_root, tmp_path, capsys):
