@@ -1,7 +1,7 @@
 """``jlml-sparsity``: what the sparsity terms selected, in one checkpoint or along a path.
 
     jlml-sparsity --checkpoint log/jlml_cuhk01/model/model.pth.tar-30
-    jlml-sparsity --board results/leaderboard/cuhk01_tune_path --key jlml.reg_global.weight
+    jlml-sparsity --board results/leaderboard/sparsity_path --key jlml.reg_global.weight
 
 For each term of a checkpoint (by default JLML's two: the group LASSO on the global
 feature layer, the exclusive group LASSO on the local one) it prints how many of the
