@@ -10,6 +10,7 @@ the plugin's keys the detectron2 way, without touching the base schema.
 from __future__ import annotations
 
 import ast
+import contextlib
 import difflib
 import os
 from importlib import resources
@@ -24,37 +25,60 @@ from .models.registry import MODELS
 from .regularizers import LAMBDA_GLOBAL, LAMBDA_LOCAL
 
 __all__ = ['JLMLConfig', 'get_default_config', 'add_jlml_config', 'get_cfg', 'shipped_config',
-           'load_config', 'merge_dict',
-           'merge_values', 'flatten', 'flat_keys',
-           'imagedata_kwargs', 'optimizer_kwargs', 'check_optimizer', 'lr_scheduler_kwargs',
-           'engine_run_kwargs']
+           'load_config', 'merge_values', 'flatten', 'config_chain', 'trained_config',
+           'config_changes']
 
 
 class JLMLConfig(CN):
     """A yacs ``CfgNode`` whose ``merge_from_file`` follows ``_BASE_`` (detectron2's and
-    fast-reid's convention: a base path is relative to the file naming it) and whose
-    merges fail with one line naming the key, the file and the expected type.
-
-    Types follow yacs, with two leniencies documented here: an int where a float is
-    expected (``train.lr 1``; yacs refuses it) and a single string where a list is
-    expected (``data.sources market1501``, as torchreid's ``-s`` gives it).
-    """
+    fast-reid's convention: a base path is relative to the file naming it). Every merge,
+    of a file, a mapping or ``KEY VALUE`` pairs, is yacs's own ``merge_from_list``, after
+    a pre-pass for two leniencies (:func:`_lenient`), and fails with one line that names
+    the key, where it came from and what was expected."""
 
     def merge_from_file(self, cfg_filename: str) -> None:
         for path, values in config_chain(cfg_filename):
-            merge_dict(self, values, f'in {path}')
+            self.merge_from_dict(values, f'in {path}')
 
-    def merge_from_list(self, cfg_list: list) -> None:
-        """``KEY VALUE`` pairs; values are read as yacs reads them (Python literals),
-        else as YAML reads them, else as text."""
+    def merge_from_dict(self, values: Dict[str, Any], where: str) -> None:
+        """A nested mapping of values, such as a YAML file's or a leaderboard protocol's."""
+        self.merge_from_list([item for pair in flatten(values).items() for item in pair], where)
+
+    def merge_from_list(self, cfg_list: list, where: str = 'on the command line') -> None:
         opts = list(cfg_list)
         if len(opts) % 2:
             raise ConfigError(f'overrides come in KEY VALUE pairs; {opts[-1]!r} has no value')
-        known = flat_keys(self)
-        for key, text in zip(opts[::2], opts[1::2]):
-            if key not in known:
-                raise _unknown_key(key, known, 'on the command line')
-            _set(self, key, _coerce(key, _decode(text), known[key]))
+        known = flatten(self)
+        for key, value in zip(opts[::2], opts[1::2]):
+            value = _lenient(value, known.get(key))
+            try:
+                super().merge_from_list([key, value])
+            except (AssertionError, TypeError):  # yacs: "Non-existent key", or a leaf's child
+                close = difflib.get_close_matches(key, list(known), n=3, cutoff=0.6)
+                hint = f'; did you mean {" or ".join(close)}?' if close else ''
+                raise ConfigError(f'unknown config key {key!r} {where}{hint}') from None
+            except ValueError:  # yacs: "Type mismatch"
+                expected = ('a list' if isinstance(known[key], (list, tuple))
+                            else type(known[key]).__name__)
+                raise ConfigError(f'{key} expects {expected} (like {known[key]!r}), got '
+                                  f'{value!r} {where}') from None
+
+
+def _lenient(value: Any, default: Any) -> Any:
+    """The leniencies over yacs's types: an int where a float is expected (``train.lr 1``)
+    and a single string where a list is (``data.sources market1501``, as torchreid's ``-s``
+    gives it); text that is no Python literal is read as YAML reads it (``true``, ``[a, b]``)."""
+    if isinstance(value, str) and not isinstance(default, str):
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            with contextlib.suppress(yaml.YAMLError):
+                value = yaml.safe_load(value)
+    if isinstance(default, float) and type(value) is int:
+        return float(value)
+    if isinstance(default, (list, tuple)) and isinstance(value, str):
+        return [value]
+    return value
 
 
 def get_default_config() -> JLMLConfig:
@@ -223,17 +247,6 @@ def get_cfg() -> JLMLConfig:
 # ----------------------------------------------------------------------------- merging
 
 
-def flat_keys(cfg: CN, prefix: str = '') -> Dict[str, Any]:
-    """Every leaf key of ``cfg`` as ``'section.key'``, with its value."""
-    out = {}
-    for key, value in cfg.items():
-        if isinstance(value, CN):
-            out.update(flat_keys(value, prefix + key + '.'))
-        else:
-            out[prefix + key] = value
-    return out
-
-
 #: Keys that say where and how a run executes, not what it trains: where the data and the
 #: run live, how images are loaded, the device, the log cadence and what is evaluated.
 #: A checkpoint or record may be reused across them; any other key makes another experiment.
@@ -246,7 +259,7 @@ def trained_config(cfg: CN) -> Dict[str, Any]:
     and the ``jlml`` keys only for the plugin's models (the only ones they shape), so that
     a new JLML default leaves a baseline's records standing."""
     ignored = EXECUTION_KEYS + (() if cfg.model.name in MODELS else ('jlml.',))
-    return {k: v for k, v in flat_keys(cfg).items() if not k.startswith(ignored)}
+    return {k: v for k, v in flatten(cfg).items() if not k.startswith(ignored)}
 
 
 def config_changes(before: Dict[str, Any], after: Dict[str, Any]) -> List[str]:
@@ -262,65 +275,10 @@ def _as_list(value: Any) -> Any:
     return [_as_list(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
-def _unknown_key(key: str, known: Iterable[str], where: str) -> ConfigError:
-    close = difflib.get_close_matches(key, list(known), n=3, cutoff=0.6)
-    hint = f'; did you mean {" or ".join(close)}?' if close else ''
-    return ConfigError(f'unknown config key {key!r} {where}{hint}')
-
-
-def _coerce(key: str, value: Any, default: Any) -> Any:
-    """``value`` with the type of ``default``, or a ConfigError that names both."""
-    if isinstance(default, bool):
-        if isinstance(value, bool):
-            return value
-    elif isinstance(default, float):
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)  # yacs refuses `train.lr 1`; an int is a fine float
-    elif isinstance(default, int):
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif isinstance(default, str):
-        if isinstance(value, str):
-            return value
-    elif isinstance(default, (list, tuple)):
-        if isinstance(value, (list, tuple)):
-            return list(value)
-        if isinstance(value, str):  # `-s market1501` style single item
-            return [value]
-    else:
-        return value
-    expected = 'a list' if isinstance(default, (list, tuple)) else type(default).__name__
-    raise ConfigError(f'{key} expects {expected} (like {default!r}), got {value!r}')
-
-
-def _decode(text: str) -> Any:
-    """A text value as yacs reads it (a Python literal), else as YAML reads it
-    (``true``, ``[a, b]``), else the text itself."""
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        pass
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
-def merge_dict(cfg: CN, values: Dict[str, Any], where: str) -> None:
-    """Merges a nested mapping of config values into ``cfg``, checking keys and types."""
-    known = flat_keys(cfg)
-    for key, value in flatten(values).items():
-        if key not in known:
-            raise _unknown_key(key, known, where)
-        if isinstance(value, str) and not isinstance(known[key], str):
-            value = _decode(value)  # YAML reads `1e-4` as a string; yacs as a float
-        _set(cfg, key, _coerce(key, value, known[key]))
-
-
 def merge_values(base: Dict[str, Any], update: Dict[str, Any]) -> Dict[str, Any]:
-    """``update`` over ``base`` as plain nested mappings, by :func:`merge_dict`'s rule:
-    leaf by leaf (``section.key``), what ``update`` sets wins and the rest is kept. The
-    leaderboard merges its ``protocol`` across ``_BASE_`` files with it."""
+    """``update`` over ``base`` as plain nested mappings, leaf by leaf (``section.key``):
+    what ``update`` sets wins and the rest is kept, as in a config merge. The leaderboard
+    merges its ``protocol`` fragments across ``_BASE_`` files with it."""
     out: Dict[str, Any] = {}
     for key, value in {**flatten(base), **flatten(update)}.items():
         node = out
@@ -332,7 +290,7 @@ def merge_values(base: Dict[str, Any], update: Dict[str, Any]) -> Dict[str, Any]
 
 
 def flatten(values: Dict[str, Any], prefix: str = '') -> Dict[str, Any]:
-    """A nested mapping as ``{'section.key': value}`` leaves."""
+    """A nested mapping (a config node too) as ``{'section.key': value}`` leaves."""
     out = {}
     for key, value in values.items():
         if isinstance(value, dict):
@@ -340,14 +298,6 @@ def flatten(values: Dict[str, Any], prefix: str = '') -> Dict[str, Any]:
         else:
             out[prefix + str(key)] = value
     return out
-
-
-def _set(cfg: CN, key: str, value: Any) -> None:
-    node = cfg
-    *parents, leaf = key.split('.')
-    for name in parents:
-        node = node[name]
-    node[leaf] = value
 
 
 def _read_yaml(path: str) -> Dict[str, Any]:
@@ -385,70 +335,3 @@ def load_config(config_file: Optional[str] = None, opts: Optional[List[str]] = N
         cfg.merge_from_file(config_file)
     cfg.merge_from_list(opts or [])
     return cfg
-
-
-# ----------------------------------------------------------- config -> torchreid calls
-
-
-def imagedata_kwargs(cfg: CN) -> Dict[str, Any]:
-    """Arguments of torchreid's ``ImageDataManager``, as torchreid's main.py maps them."""
-    return dict(
-        root=cfg.data.root, sources=cfg.data.sources, targets=cfg.data.targets,
-        height=cfg.data.height, width=cfg.data.width, transforms=cfg.data.transforms,
-        k_tfm=cfg.data.k_tfm, norm_mean=cfg.data.norm_mean, norm_std=cfg.data.norm_std,
-        use_gpu=cfg.use_gpu, split_id=cfg.data.split_id, combineall=cfg.data.combineall,
-        load_train_targets=cfg.data.load_train_targets,
-        batch_size_train=cfg.train.batch_size, batch_size_test=cfg.test.batch_size,
-        workers=cfg.data.workers, num_instances=cfg.sampler.num_instances,
-        num_cams=cfg.sampler.num_cams, num_datasets=cfg.sampler.num_datasets,
-        train_sampler=cfg.sampler.train_sampler, train_sampler_t=cfg.sampler.train_sampler_t,
-        cuhk03_labeled=cfg.cuhk03.labeled_images, cuhk03_classic_split=cfg.cuhk03.classic_split,
-        market1501_500k=cfg.market1501.use_500k_distractors)
-
-
-def optimizer_kwargs(cfg: CN) -> Dict[str, Any]:
-    return dict(
-        optim=cfg.train.optim, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
-        momentum=cfg.sgd.momentum, sgd_dampening=cfg.sgd.dampening,
-        sgd_nesterov=cfg.sgd.nesterov, rmsprop_alpha=cfg.rmsprop.alpha,
-        adam_beta1=cfg.adam.beta1, adam_beta2=cfg.adam.beta2, staged_lr=cfg.train.staged_lr,
-        new_layers=cfg.train.new_layers, base_lr_mult=cfg.train.base_lr_mult)
-
-
-#: The optimizer values torch would refuse only once training starts, or that would train
-#: nothing: each key with the range it must lie in (a NaN lies in none).
-OPTIMIZER_RANGES = (
-    ('train.lr', lambda v: v > 0, '> 0'),
-    ('train.base_lr_mult', lambda v: v > 0, '> 0'),
-    ('train.weight_decay', lambda v: v >= 0, '>= 0'),
-    ('sgd.momentum', lambda v: 0 <= v < 1, 'in [0, 1)'),
-    ('sgd.dampening', lambda v: 0 <= v <= 1, 'in [0, 1]'),
-    ('adam.beta1', lambda v: 0 <= v < 1, 'in [0, 1)'),
-    ('adam.beta2', lambda v: 0 <= v < 1, 'in [0, 1)'),
-    ('rmsprop.alpha', lambda v: 0 <= v < 1, 'in [0, 1)'),
-)
-
-
-def check_optimizer(cfg: CN) -> None:
-    """Raises a one-line ConfigError for the first optimizer value out of its range."""
-    values = flat_keys(cfg)
-    for key, holds, expected in OPTIMIZER_RANGES:
-        if not holds(values[key]):
-            raise ConfigError(f'{key} must be {expected}, got {values[key]!r}')
-
-
-def lr_scheduler_kwargs(cfg: CN) -> Dict[str, Any]:
-    return dict(lr_scheduler=cfg.train.lr_scheduler, stepsize=cfg.train.stepsize,
-                gamma=cfg.train.gamma, max_epoch=cfg.train.max_epoch)
-
-
-def engine_run_kwargs(cfg: CN) -> Dict[str, Any]:
-    return dict(
-        save_dir=cfg.data.save_dir, max_epoch=cfg.train.max_epoch,
-        start_epoch=cfg.train.start_epoch, fixbase_epoch=cfg.train.fixbase_epoch,
-        open_layers=cfg.train.open_layers, start_eval=cfg.test.start_eval,
-        eval_freq=cfg.test.eval_freq, test_only=cfg.test.evaluate,
-        print_freq=cfg.train.print_freq, dist_metric=cfg.test.dist_metric,
-        normalize_feature=cfg.test.normalize_feature, visrank=cfg.test.visrank,
-        visrank_topk=cfg.test.visrank_topk, use_metric_cuhk03=cfg.cuhk03.use_metric_cuhk03,
-        ranks=cfg.test.ranks, rerank=cfg.test.rerank)

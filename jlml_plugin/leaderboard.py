@@ -40,7 +40,7 @@ import yaml
 from . import report
 from ._cli import Tee, command_parser, main_wrapper
 from ._files import atomic_write_text, exclusive_lock
-from .config import (config_changes, config_chain, flatten, get_cfg, merge_dict, merge_values,
+from .config import (config_changes, config_chain, flatten, get_cfg, merge_values,
                      trained_config)
 from .errors import ConfigError, NonFiniteLossError, one_line
 from .runner import train, validate
@@ -281,11 +281,11 @@ def _run_config(spec: Dict[str, Any], run: Run, root: str, output: str,
     """The run's config: the protocol, its model, split and seed, its tuned ``settings``,
     then its entry's overrides."""
     cfg = get_cfg()
-    merge_dict(cfg, spec['protocol'], 'in protocol')
-    merge_dict(cfg, {'model': {'name': run.model}, 'data': {'split_id': run.split_id},
-                     'train': {'seed': run.seed}}, 'in models')
-    merge_dict(cfg, settings or {}, f'in the settings tuned for {run.tuned_as}')
-    merge_dict(cfg, run.overrides, f'in {run.label} overrides')
+    cfg.merge_from_dict(spec['protocol'], 'in protocol')
+    cfg.merge_from_dict({'model': {'name': run.model}, 'data': {'split_id': run.split_id},
+                         'train': {'seed': run.seed}}, 'in models')
+    cfg.merge_from_dict(settings or {}, f'in the settings tuned for {run.tuned_as}')
+    cfg.merge_from_dict(run.overrides, f'in {run.label} overrides')
     if root:
         cfg.data.root = root
     cfg.data.save_dir = os.path.join(output, 'runs', run.label, run.tag)

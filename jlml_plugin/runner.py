@@ -23,8 +23,7 @@ from yacs.config import CfgNode as CN
 
 from . import _torchreid
 from .checkpoint import latest_readable_checkpoint
-from .config import (check_optimizer, config_changes, engine_run_kwargs, get_cfg, imagedata_kwargs,
-                     load_config, lr_scheduler_kwargs, optimizer_kwargs, trained_config)
+from .config import config_changes, flatten, get_cfg, load_config, trained_config
 from .data import check_datasets
 from .distributed import (DistInfo, barrier, distributed_train_loader, init_from_env,
                           launched_by_torchrun, per_rank_batch)
@@ -331,3 +330,70 @@ def train(cfg: CN, resume_latest: bool = False, dist_info: Optional[DistInfo] = 
                      wall_seconds=outcome.wall_seconds_before_resume + time.time() - wall_start,
                      num_params=num_params, flops=flops, save_dir=cfg.data.save_dir,
                      extra=dict(train_summary=outcome.train_summary))
+
+
+# ------------------------------------------------- the config as torchreid's arguments
+
+
+def imagedata_kwargs(cfg: CN) -> Dict[str, Any]:
+    """Arguments of torchreid's ``ImageDataManager``, as torchreid's main.py maps them."""
+    return dict(
+        root=cfg.data.root, sources=cfg.data.sources, targets=cfg.data.targets,
+        height=cfg.data.height, width=cfg.data.width, transforms=cfg.data.transforms,
+        k_tfm=cfg.data.k_tfm, norm_mean=cfg.data.norm_mean, norm_std=cfg.data.norm_std,
+        use_gpu=cfg.use_gpu, split_id=cfg.data.split_id, combineall=cfg.data.combineall,
+        load_train_targets=cfg.data.load_train_targets,
+        batch_size_train=cfg.train.batch_size, batch_size_test=cfg.test.batch_size,
+        workers=cfg.data.workers, num_instances=cfg.sampler.num_instances,
+        num_cams=cfg.sampler.num_cams, num_datasets=cfg.sampler.num_datasets,
+        train_sampler=cfg.sampler.train_sampler, train_sampler_t=cfg.sampler.train_sampler_t,
+        cuhk03_labeled=cfg.cuhk03.labeled_images, cuhk03_classic_split=cfg.cuhk03.classic_split,
+        market1501_500k=cfg.market1501.use_500k_distractors)
+
+
+def optimizer_kwargs(cfg: CN) -> Dict[str, Any]:
+    return dict(
+        optim=cfg.train.optim, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
+        momentum=cfg.sgd.momentum, sgd_dampening=cfg.sgd.dampening,
+        sgd_nesterov=cfg.sgd.nesterov, rmsprop_alpha=cfg.rmsprop.alpha,
+        adam_beta1=cfg.adam.beta1, adam_beta2=cfg.adam.beta2, staged_lr=cfg.train.staged_lr,
+        new_layers=cfg.train.new_layers, base_lr_mult=cfg.train.base_lr_mult)
+
+
+#: The optimizer values torch would refuse only once training starts, or that would train
+#: nothing: each key with the range it must lie in (a NaN lies in none).
+OPTIMIZER_RANGES = (
+    ('train.lr', lambda v: v > 0, '> 0'),
+    ('train.base_lr_mult', lambda v: v > 0, '> 0'),
+    ('train.weight_decay', lambda v: v >= 0, '>= 0'),
+    ('sgd.momentum', lambda v: 0 <= v < 1, 'in [0, 1)'),
+    ('sgd.dampening', lambda v: 0 <= v <= 1, 'in [0, 1]'),
+    ('adam.beta1', lambda v: 0 <= v < 1, 'in [0, 1)'),
+    ('adam.beta2', lambda v: 0 <= v < 1, 'in [0, 1)'),
+    ('rmsprop.alpha', lambda v: 0 <= v < 1, 'in [0, 1)'),
+)
+
+
+def check_optimizer(cfg: CN) -> None:
+    """Raises a one-line ConfigError for the first optimizer value out of its range."""
+    values = flatten(cfg)
+    for key, holds, expected in OPTIMIZER_RANGES:
+        if not holds(values[key]):
+            raise ConfigError(f'{key} must be {expected}, got {values[key]!r}')
+
+
+def lr_scheduler_kwargs(cfg: CN) -> Dict[str, Any]:
+    return dict(lr_scheduler=cfg.train.lr_scheduler, stepsize=cfg.train.stepsize,
+                gamma=cfg.train.gamma, max_epoch=cfg.train.max_epoch)
+
+
+def engine_run_kwargs(cfg: CN) -> Dict[str, Any]:
+    return dict(
+        save_dir=cfg.data.save_dir, max_epoch=cfg.train.max_epoch,
+        start_epoch=cfg.train.start_epoch, fixbase_epoch=cfg.train.fixbase_epoch,
+        open_layers=cfg.train.open_layers, start_eval=cfg.test.start_eval,
+        eval_freq=cfg.test.eval_freq, test_only=cfg.test.evaluate,
+        print_freq=cfg.train.print_freq, dist_metric=cfg.test.dist_metric,
+        normalize_feature=cfg.test.normalize_feature, visrank=cfg.test.visrank,
+        visrank_topk=cfg.test.visrank_topk, use_metric_cuhk03=cfg.cuhk03.use_metric_cuhk03,
+        ranks=cfg.test.ranks, rerank=cfg.test.rerank)

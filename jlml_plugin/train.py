@@ -20,7 +20,7 @@ from typing import List, Optional, Tuple
 
 from . import _torchreid
 from ._cli import command_parser, log_to, main_wrapper
-from .config import flat_keys, get_cfg, load_config, shipped_config
+from .config import flatten, get_cfg, load_config, shipped_config
 from .distributed import shutdown
 from .runner import train, validate
 
@@ -79,7 +79,7 @@ def split_overrides(argv: List[str], keys) -> Tuple[List[str], List[str]]:
 
 def config_from_args(argv: List[str]):
     """The merged config and the parsed options of a ``jlml-train`` command line."""
-    options, overrides = split_overrides(argv, flat_keys(get_cfg()))
+    options, overrides = split_overrides(argv, flatten(get_cfg()))
     args = build_parser().parse_args(options)
     overrides = args.opts + overrides
     if args.config_file:

@@ -7,7 +7,8 @@ import torch.distributed as dist
 
 import jlml_plugin  # noqa: F401
 from jlml_plugin import torchreid
-from jlml_plugin.config import get_cfg, imagedata_kwargs, load_config
+from jlml_plugin.config import get_cfg, load_config
+from jlml_plugin.runner import imagedata_kwargs
 from jlml_plugin.distributed import distributed_train_loader, init_from_env, shutdown
 from jlml_plugin.engine import JLMLEngine
 from jlml_plugin.runner import build_model, build_regularizer

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from jlml_plugin.config import (JLMLConfig, flat_keys, get_cfg, get_default_config, load_config,
+from jlml_plugin.config import (JLMLConfig, flatten, get_cfg, get_default_config, load_config,
                                 trained_config)
 from jlml_plugin.errors import ConfigError
 from jlml_plugin.leaderboard import load_leaderboard, plan_runs
@@ -44,14 +44,14 @@ TORCHREID_DEFAULTS = {
 
 
 def test_default_config_is_torchreids_schema():
-    keys = flat_keys(get_default_config())
+    keys = flatten(get_default_config())
     assert set(keys) - {'use_gpu'} == set(TORCHREID_DEFAULTS)
     for key, value in TORCHREID_DEFAULTS.items():
         assert keys[key] == value, key
 
 
 def test_plugin_keys_are_added_without_touching_the_base():
-    base, full = flat_keys(get_default_config()), flat_keys(get_cfg())
+    base, full = flatten(get_default_config()), flatten(get_cfg())
     assert all(full[k] == v for k, v in base.items())
     added = set(full) - set(base)
     assert {'jlml.num_stripes', 'jlml.feat_dim', 'jlml.weight_global', 'jlml.weight_local',
@@ -90,10 +90,29 @@ def test_values_are_read_as_yacs_and_yaml_would(tmp_path):
     assert cfg.test.rerank is True and cfg.train.max_epoch == 3 and cfg.data.sources == ['a', 'b']
 
 
-def test_unknown_keys_in_files_name_the_file(tmp_path):
+def test_unknown_keys_and_wrong_types_in_files_name_the_file(tmp_path):
     (tmp_path / 'c.yaml').write_text("train:\n  lrr: 0.1\n")
     with pytest.raises(ConfigError, match=r"unknown config key 'train.lrr' in .*c.yaml; did you mean train.lr"):
         load_config(str(tmp_path / 'c.yaml'))
+    (tmp_path / 'c.yaml').write_text("train:\n  lr:\n    value: 0.1\n")  # a leaf used as a section
+    with pytest.raises(ConfigError, match=r"unknown config key 'train.lr.value' in .*c.yaml"):
+        load_config(str(tmp_path / 'c.yaml'))
+    (tmp_path / 'c.yaml').write_text("train:\n  max_epoch: abc\n")
+    with pytest.raises(ConfigError, match=r"train.max_epoch expects int \(like 60\), got 'abc' in .*c.yaml"):
+        load_config(str(tmp_path / 'c.yaml'))
+
+
+def test_every_merge_is_yacs_own(tmp_path, monkeypatch):
+    from yacs.config import CfgNode
+    merged = []
+    yacs_merge = CfgNode.merge_from_list
+    monkeypatch.setattr(CfgNode, 'merge_from_list',
+                        lambda self, pairs: merged.append(pairs) or yacs_merge(self, pairs))
+    (tmp_path / 'base.yaml').write_text("train:\n  lr: 0.01\n")
+    (tmp_path / 'child.yaml').write_text("_BASE_: base.yaml\ntrain:\n  max_epoch: 7\n")
+    cfg = load_config(str(tmp_path / 'child.yaml'), ['data.sources', 'viper'])
+    assert merged == [['train.lr', 0.01], ['train.max_epoch', 7], ['data.sources', ['viper']]]
+    assert (cfg.train.lr, cfg.train.max_epoch, cfg.data.sources) == (0.01, 7, ['viper'])
 
 
 def test_missing_file_and_odd_overrides():
@@ -104,7 +123,7 @@ def test_missing_file_and_odd_overrides():
 
 
 def test_overrides_are_found_anywhere_on_the_command_line():
-    keys = flat_keys(get_cfg())
+    keys = flatten(get_cfg())
     options, overrides = split_overrides(
         ['--config-file', 'x.yaml', '-s', 'market1501', 'dukemtmcreid', 'model.name', 'jlml',
          '--resume', '-t', 'market1501', 'train.lr', '0.1'], keys)

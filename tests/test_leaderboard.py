@@ -8,7 +8,7 @@ import yaml
 
 from jlml_plugin import leaderboard, report
 from jlml_plugin._files import atomic_write_text, exclusive_lock
-from jlml_plugin.config import flat_keys, flatten
+from jlml_plugin.config import flatten
 
 pytestmark = pytest.mark.slow  # trains a 6-run synthetic board
 
@@ -84,7 +84,7 @@ def test_every_model_gets_the_same_protocol(board):
     the output folder and the jlml.* keys an entry may override."""
     spec = leaderboard.load_leaderboard(SYNTHETIC)
     runs = leaderboard.plan_runs(spec)
-    configs = {run.key: flat_keys(leaderboard._run_config(spec, run, 'ROOT', board))
+    configs = {run.key: flatten(leaderboard._run_config(spec, run, 'ROOT', board))
                for run in runs}
     first = configs[runs[0].key]
     for key, cfg in configs.items():

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from jlml_plugin import train as train_cli
-from jlml_plugin.config import flat_keys, load_config
+from jlml_plugin.config import flatten, load_config
 from jlml_plugin.engine import JLMLEngine
 
 TB_TAGS = {'Train/loss', 'Train/loss_global', 'Train/loss_local', 'Train/acc_global',
@@ -46,7 +46,7 @@ def test_one_epoch_of_jlml_prints_metrics_and_writes_checkpoint_and_tensorboard(
     assert cfg.model.name == 'jlml' and cfg.train.max_epoch == 1
     default = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                            'configs', train_cli.DEFAULT_CONFIG)
-    assert flat_keys(cfg) == flat_keys(load_config(default, ['model.name', 'jlml', *tiny_opts]))
+    assert flatten(cfg) == flatten(load_config(default, ['model.name', 'jlml', *tiny_opts]))
     assert json.load(open(tmp_path / 'log' / 'environment.json'))['torch'] == torch.__version__
 
 
