@@ -6,7 +6,6 @@
     jlml-bench evaluator --queries 3368 --gallery 15913 --ids 751 --cams 6
     jlml-bench profile --model jlml --height 160 --width 64 --batch 32
     jlml-bench gpu --output DIR [--smoke]          (the GPU kit: jlml_plugin.gpukit)
-    jlml-bench gpu-pack --data-root reid-data       (what the GPU machine needs)
 
 ``speed`` times training steps (the engine's own step: forward, the losses, backward,
 optimizer step, sparsity terms) and inference of each model, interleaved model by model within every repeat so that drift in the
@@ -18,8 +17,7 @@ alone, in one process, and the time it waits for batches. ``data`` times torchre
 loader alone. ``evaluator`` times the plugin's
 evaluator against torchreid's Python fallback and, where it is built, its Cython one.
 ``profile`` prints torch.profiler's table of the operators that take the time of one
-model's training steps. ``gpu`` runs every GPU check in one command and ``gpu-pack``
-packs what it needs (:mod:`jlml_plugin.gpukit`).
+model's training steps. ``gpu`` runs every GPU check in one command (:mod:`jlml_plugin.gpukit`).
 Each writes JSON with the raw timings and the environment.
 """
 from __future__ import annotations
@@ -36,7 +34,7 @@ from ._cli import command_parser, main_wrapper
 from ._files import atomic_open
 from .errors import ConfigError
 from .report import environment
-from .gpukit import pack, run_kit
+from .gpukit import run_kit
 from .config import load_config, trained_config
 from .runner import validate
 from .timing import evaluator_speed, loader_speed, loop_speed, profile, speed
@@ -106,16 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     gp.add_argument('--output', required=True, help='folder for gpu_kit.json / gpu_kit.md')
     gp.add_argument('--smoke', action='store_true', help='every step at toy size on the CPU')
     gp.add_argument('--data-root', default='.gpukit/reid-data',
-                    help='folder holding cuhk01/campus (the JPEG copy gpu-pack makes)')
+                    help='folder holding cuhk01/campus (PNG or JPEG)')
     gp.add_argument('--budget', type=int, default=0,
                     help='seconds for the whole kit, the board cut at the end (0: 540 on a GPU, '
                          'no limit with --smoke)')
     gp.add_argument('--steps', default='speed,ddp,board')
-    kp = sub.add_parser('gpu-pack', help='wheels and a JPEG CUHK01 copy for the GPU machine')
-    kp.add_argument('--data-root', required=True, help='folder holding cuhk01/campus (PNGs)')
-    kp.add_argument('--output', default='.gpukit')
-    kp.add_argument('--quality', type=int, default=95, help='JPEG quality')
-    kp.add_argument('--no-wheels', action='store_true')
     return parser
 
 
@@ -168,12 +161,6 @@ def run(argv: List[str]) -> int:
         if unknown:
             raise ConfigError(f'unknown --steps {sorted(unknown)}; choose from speed, ddp, board')
         run_kit(args.output, args.smoke, args.data_root, args.budget or None, steps)
-    elif args.command == 'gpu-pack':
-        sizes = pack(args.data_root, args.output, args.quality, wheels=not args.no_wheels)
-        for name, size in sizes.items():
-            print(f'{name}: {size / 2**20:.1f} MiB')
-        print(f'travels in all: {sum(sizes.values()) / 2**20:.1f} MiB (limit 64); carry '
-              f'{args.output} (docs/training.md, "On a GPU machine")')
     elif args.command == 'profile':
         if args.threads:
             torch.set_num_threads(args.threads)

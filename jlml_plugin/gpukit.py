@@ -1,7 +1,6 @@
 """The GPU kit: every GPU check in one command, for the few minutes a GPU is lent.
 
-    jlml-bench gpu-pack --data-root reid-data --output .gpukit   # here, before: wheels + JPEGs
-    jlml-bench gpu --output DIR --data-root .gpukit/reid-data    # there: about 9 minutes
+    jlml-bench gpu --output DIR --data-root DIR_HOLDING_CUHK01   # on the GPU: about 9 minutes
     jlml-bench gpu --smoke --output DIR                          # every step at toy size (CI)
 
 ``gpu`` runs three steps in order. Each prints when it finishes and rewrites
@@ -43,14 +42,8 @@ from .errors import ConfigError, DataError, one_line
 from .report import environment, load_records
 from .timing import speed
 
-__all__ = ['KitPlan', 'GPU_PLAN', 'SMOKE_PLAN', 'run_kit', 'pack', 'WHEELS']
+__all__ = ['KitPlan', 'GPU_PLAN', 'SMOKE_PLAN', 'run_kit']
 
-#: What the GPU machine lacks, as pinned wheels for its Python 3.12 (all pure Python).
-#: torchreid ships as an sdist only, so its wheel is built here.
-WHEELS = ('torchreid==0.2.5', 'yacs==0.1.8', 'gdown==6.5.1', 'beautifulsoup4==4.15.0',
-          'soupsieve==4.1.3', 'PySocks==1.7.1')
-#: Everything that travels with the source tree must stay under this (the device's limit).
-TRAVEL_LIMIT_BYTES = 64 * 2**20
 #: torchreid's models that accept only one input size (HA-CNN asserts 160x64).
 FIXED_INPUT = {'hacnn': (160, 64)}
 
@@ -263,8 +256,8 @@ def run_kit(output: str, smoke: bool = False, data_root: str = '.gpukit/reid-dat
     if smoke:
         data_root = os.path.join(workdir, 'reid-data')  # synthreid_tiny draws itself there
     elif 'board' in steps and not os.path.isdir(os.path.join(data_root, 'cuhk01', 'campus')):
-        raise DataError(f'no CUHK01 copy under {data_root}/cuhk01/campus: run jlml-bench gpu-pack '
-                        f'here first and carry its folder, or pass --data-root')
+        raise DataError(f'no CUHK01 under {data_root}/cuhk01/campus: pass --data-root, the '
+                        f'folder holding cuhk01/')
     report = KitReport(plan=asdict(plan), env=environment(), started=time.strftime('%Y-%m-%d %H:%M:%S'))
     report.write(output)
     if 'speed' in steps:
@@ -278,50 +271,3 @@ def run_kit(output: str, smoke: bool = False, data_root: str = '.gpukit/reid-dat
     report.write(output)
     print(f'[gpu kit] wrote {output}/gpu_kit.json and gpu_kit.md', flush=True)
     return report
-
-
-# ------------------------------------------------------------------------- packing
-
-
-def pack(data_root: str, output: str = '.gpukit', quality: int = 95,
-         wheels: bool = True) -> Dict[str, int]:
-    """Packs what the GPU machine lacks into ``output`` (an ignored folder): the
-    :data:`WHEELS` under ``output/wheels`` and a JPEG copy of CUHK01 under
-    ``output/reid-data/cuhk01/campus``. Returns the bytes of each; refuses a pack that
-    would take the travelling tree over :data:`TRAVEL_LIMIT_BYTES`."""
-    from PIL import Image
-    source = os.path.join(data_root, 'cuhk01', 'campus')
-    names = sorted(n for n in os.listdir(source) if n.endswith('.png')) if os.path.isdir(source) else []
-    if not names:
-        raise DataError(f'no CUHK01 PNGs in {source}: pass --data-root, the folder holding cuhk01/')
-    campus = os.path.join(output, 'reid-data', 'cuhk01', 'campus')
-    os.makedirs(campus, exist_ok=True)
-    for name in names:
-        target = os.path.join(campus, name[:-4] + '.jpg')
-        if not os.path.isfile(target):
-            Image.open(os.path.join(source, name)).convert('RGB').save(target, quality=quality)
-    if wheels:
-        folder = os.path.join(output, 'wheels')
-        os.makedirs(folder, exist_ok=True)
-        subprocess.run([sys.executable, '-m', 'pip', 'wheel', '--no-deps', '-q', '-w', folder,
-                        *WHEELS], check=True)
-    sizes = {name: _folder_bytes(os.path.join(output, name)) for name in ('reid-data', 'wheels')}
-    sizes['source_tree'] = _tracked_bytes()
-    total = sum(sizes.values())
-    if total > TRAVEL_LIMIT_BYTES:
-        raise DataError(f'the travelling tree would be {total / 2**20:.1f} MiB, over the '
-                        f'{TRAVEL_LIMIT_BYTES / 2**20:.0f} MiB limit: lower --quality')
-    return sizes
-
-
-def _folder_bytes(path: str) -> int:
-    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
-
-
-def _tracked_bytes() -> int:
-    """Bytes of the files git tracks here (what travels besides the carried folders)."""
-    try:
-        files = subprocess.run(['git', 'ls-files', '-z'], capture_output=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return 0
-    return sum(os.path.getsize(f) for f in files.decode().split('\0') if f and os.path.isfile(f))
