@@ -47,7 +47,7 @@ def main_wrapper(prog: str, run: Callable[[List[str]], int],
 
 
 class Tee:
-    """Writes to the console and a log file; live progress redraws (``\\r``) skip the file."""
+    """Writes to the console and a log file; a live bar's redraws (``\\r``) skip the file."""
 
     def __init__(self, console: TextIO, path: str) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -16,7 +16,7 @@ from torch.nn import functional as F
 
 from . import _torchreid as _tr
 from .metrics import RankResult, evaluate_rank
-from .progress import Progress
+from .progress import progress
 
 __all__ = ['extract_all', 'evaluate_target', 'print_result', 'draw_ranked_lists',
            'SINGLE_SHOT_RANKS']
@@ -30,7 +30,7 @@ def extract_all(loader, extract: Callable[[torch.Tensor], torch.Tensor], device:
                 what: str) -> Tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """Features, identities and cameras of every image in ``loader``, with progress."""
     feats, pids, camids = [], [], []
-    bar = Progress(len(loader), f'extracting {what} features', every=max(len(loader) // 4, 1),
+    bar = progress(len(loader), f'extracting {what} features', every=max(len(loader) // 4, 1),
                    unit='batch')
     for data in loader:
         feats.append(extract(data['img'].to(device, non_blocking=True)).cpu())

@@ -23,7 +23,7 @@ from typing import Any, Dict
 
 from torch.utils.tensorboard import SummaryWriter
 
-from .progress import Progress
+from .progress import progress
 
 __all__ = ['Hook', 'Throughput', 'ProgressLog', 'TensorBoardLog', 'format_losses']
 
@@ -86,16 +86,16 @@ class Throughput(Hook):
 
 
 class ProgressLog(Hook):
-    """A progress bar with the epoch's and the whole run's time left (a plain line every
-    ``engine.print_freq`` steps in a log file), and one line per epoch with its mean
-    losses and images/s. Silent off rank 0."""
+    """A tqdm bar with the epoch's and the whole run's time left (a plain line every
+    ``engine.print_freq`` steps where the output is no terminal), and one line per epoch
+    with its mean losses and images/s. Silent off rank 0."""
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
         self.bar, self.images, self.seconds = None, 0, 0.0
 
     def before_epoch(self, engine) -> None:
-        self.bar = Progress(engine.num_batches, f'epoch {engine.epoch + 1}/{engine.max_epoch}',
+        self.bar = progress(engine.num_batches, f'epoch {engine.epoch + 1}/{engine.max_epoch}',
                             every=engine.print_freq, enabled=self.enabled, unit='batch')
         self.images, self.seconds = 0, 0.0
 
@@ -105,8 +105,9 @@ class ProgressLog(Hook):
         steps_left = (engine.num_batches - engine.batch_idx - 1
                       + (engine.max_epoch - engine.epoch - 1) * engine.num_batches)
         eta = datetime.timedelta(seconds=int(self.seconds / (engine.batch_idx + 1) * steps_left))
-        self.bar.update(1, f'{format_losses(losses)} '
-                           f'lr {engine.get_current_lr():.2e} total-eta {eta}')
+        self.bar.set_postfix_str(f'{format_losses(losses)} lr {engine.get_current_lr():.2e} '
+                                 f'total-eta {eta}', refresh=False)
+        self.bar.update(1)
 
     def after_epoch(self, engine, summary) -> None:
         self.bar.close()

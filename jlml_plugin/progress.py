@@ -1,67 +1,50 @@
-"""Progress with an ETA: a live bar on a terminal, plain lines in a log file."""
+"""Progress bars by tqdm: a live bar on a terminal; where the output is no terminal (a log
+file, CI), tqdm's line printed plainly every ``every`` steps and at the end, so that logs
+read as logs."""
 from __future__ import annotations
 
-import datetime
 import sys
-import time
-from typing import Optional, TextIO
+
+from tqdm import tqdm
+
+__all__ = ['progress']
+
+#: The line tqdm prints where nothing is redrawn: no bar, which would only grow a log.
+PLAIN_FORMAT = '{desc} {n_fmt}/{total_fmt} {rate_fmt} eta {remaining}{postfix}'
 
 
-def _duration(seconds: float) -> str:
-    return str(datetime.timedelta(seconds=int(max(seconds, 0))))
+class _Bar(tqdm):
+    monitor_interval = 0  # no monitor thread: the steps drive every print
+
+    def update(self, n: int = 1) -> None:
+        super().update(n)
+        if self.n == self.total and self.last_print_n < self.n:
+            self.refresh()  # the last step is always shown
 
 
-class Progress:
-    """Counts steps of a known total and shows rate and time left.
+class _Lines:
+    """A stream that writes each of tqdm's redraws (``'\\r'`` + line) as one plain line."""
 
-    On a terminal the bar redraws in place (at most ~10 times a second) and is cleared at
-    the end; otherwise one plain line is printed every ``every`` steps and at the end, so
-    logs stay readable. Live redraws start with a carriage return, which
-    :class:`jlml_plugin._cli.Tee` keeps out of log files.
-    ``enabled=False`` prints nothing (non-zero ranks under DDP).
-    """
+    def __init__(self, stream) -> None:
+        self.stream = stream
 
-    def __init__(self, total: int, desc: str, every: int = 20, stream: Optional[TextIO] = None,
-                 enabled: bool = True, unit: str = 'it') -> None:
-        self.total, self.desc, self.every, self.unit = max(total, 1), desc, max(every, 1), unit
-        self.stream = stream or sys.stdout
-        self.enabled = enabled
-        self.live = enabled and hasattr(self.stream, 'isatty') and self.stream.isatty()
-        self.count = 0
-        self.start = self._last_draw = time.perf_counter()
+    def write(self, text: str) -> None:
+        text = text.strip('\r\n').rstrip()
+        if text:
+            self.stream.write(text + '\n')
 
-    def eta(self) -> float:
-        """Seconds left at the rate so far."""
-        elapsed = time.perf_counter() - self.start
-        return elapsed / self.count * (self.total - self.count) if self.count else 0.0
+    def flush(self) -> None:
+        self.stream.flush()
 
-    def update(self, n: int = 1, info: str = '') -> None:
-        self.count += n
-        if not self.enabled:
-            return
-        now = time.perf_counter()
-        done = self.count >= self.total
-        if self.live:
-            if done or now - self._last_draw > 0.1:
-                width = 24
-                filled = int(width * min(self.count / self.total, 1))
-                bar = '#' * filled + '.' * (width - filled)
-                self.stream.write(f'\r{self._line(bar, info)}\033[K')
-                self.stream.flush()
-                self._last_draw = now
-        elif done or self.count % self.every == 0:
-            self.stream.write(self._line('', info) + '\n')
-            self.stream.flush()
 
-    def _line(self, bar: str, info: str) -> str:
-        elapsed = time.perf_counter() - self.start
-        rate = self.count / elapsed if elapsed > 0 else 0.0
-        head = f'{self.desc} [{bar}] ' if bar else f'{self.desc} '
-        return (f'{head}{self.count}/{self.total} {rate:.1f} {self.unit}/s '
-                f'eta {_duration(self.eta())}' + (f' {info}' if info else ''))
-
-    def close(self) -> None:
-        """Clears a live bar; callers print their own one-line summary."""
-        if self.enabled and self.live:
-            self.stream.write('\r\033[K')
-            self.stream.flush()
+def progress(total: int, desc: str, every: int = 20, enabled: bool = True,
+             unit: str = 'it') -> tqdm:
+    """A tqdm bar over ``total`` steps; ``enabled=False`` shows nothing (non-zero ranks
+    under DDP). A live bar is cleared when closed: callers print their own summary."""
+    stream = sys.stdout
+    if hasattr(stream, 'isatty') and stream.isatty():
+        return _Bar(total=total, desc=desc, unit=unit, disable=not enabled, leave=False,
+                    file=stream, mininterval=0.1, dynamic_ncols=True)
+    return _Bar(total=total, desc=desc, unit=unit, disable=not enabled, leave=False,
+                file=_Lines(stream), mininterval=0, miniters=max(every, 1), delay=1e-9,
+                bar_format=PLAIN_FORMAT)  # delay: no line before the first step

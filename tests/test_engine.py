@@ -222,3 +222,17 @@ def test_a_model_returning_another_number_of_heads_than_it_names_is_an_error(dat
     logits = torch.zeros(4, datamanager.num_train_pids)
     with pytest.raises(ValueError, match=r"names 2 losses \('global', 'local'\) but returned 3"):
         engine.identity_losses((logits, logits, logits), torch.zeros(4, dtype=torch.long))
+
+
+def test_progress_is_plain_lines_where_nothing_is_redrawn(capsys):
+    from jlml_plugin.progress import progress
+    bar = progress(10, 'epoch 1/1', every=4, unit='batch')
+    for step in range(10):
+        bar.set_postfix_str(f'loss {step}', refresh=False)
+        bar.update(1)
+    bar.close()
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[2] for line in lines] == ['4/10', '8/10', '10/10']
+    assert all('\r' not in line and ' eta ' in line for line in lines)
+    assert lines[-1].endswith('loss 9')
+    assert progress(10, 'rank 1', enabled=False).disable

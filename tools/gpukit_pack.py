@@ -17,7 +17,7 @@ from typing import Dict
 #: What a GPU machine with torch but without network lacks, as pinned wheels (all pure
 #: Python); torchreid ships as an sdist only, so its wheel is built here.
 WHEELS = ('torchreid==0.2.5', 'yacs==0.1.8', 'gdown==6.5.1', 'beautifulsoup4==4.15.0',
-          'soupsieve==4.1.3', 'PySocks==1.7.1')
+          'soupsieve==4.1.3', 'PySocks==1.7.1', 'tqdm==4.70.1')
 #: The most that may travel with the source tree to the device machine.
 TRAVEL_LIMIT_BYTES = 64 * 2**20
 
