@@ -7,10 +7,11 @@ from __future__ import annotations
 import statistics
 import time
 from types import SimpleNamespace
-from typing import Callable, Dict, List
+from typing import Any, Callable, Dict, List
 
 import numpy as np
 import torch
+from torch.utils import benchmark
 
 from . import _torchreid
 from .engine import JLMLEngine
@@ -21,7 +22,7 @@ from .models.reference import LoopedLocalBranch
 from .precision import AMP_MODES
 from .regularizers import jlml_sparsity
 
-__all__ = ['build_bench_model', 'time_call', 'speed', 'loop_speed', 'loader_speed',
+__all__ = ['build_bench_model', 'seconds_per_call', 'speed', 'loop_speed', 'loader_speed',
            'evaluator_speed', 'profile']
 
 _tr = _torchreid
@@ -38,14 +39,12 @@ def build_bench_model(name: str, num_classes: int) -> torch.nn.Module:
     return model
 
 
-def time_call(fn: Callable[[], None], device: torch.device) -> float:
-    if device.type == 'cuda':
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if device.type == 'cuda':
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
+def seconds_per_call(fn: Callable[[], Any], number: int = 1) -> float:
+    """Seconds per call of ``fn`` over ``number`` calls after two warm-up calls, by
+    torch.utils.benchmark's Timer (which synchronises CUDA), at the current thread count
+    (the Timer's own default is one thread)."""
+    timer = benchmark.Timer(stmt='fn()', globals={'fn': fn}, num_threads=torch.get_num_threads())
+    return timer.timeit(number).median
 
 
 def _engine(model: torch.nn.Module, num_classes: int, amp: str,
@@ -66,9 +65,11 @@ def speed(models: List[str], height: int, width: int, batch: int, warmup: int = 
           repeats: int = 5, iters: int = 3, reference: str = 'resnet50',
           device: str = 'cpu', channels_last: bool = False, amp: str = 'off',
           num_classes: int = 751, compile: bool = False) -> Dict[str, Dict]:
-    """Training and inference images/s of each model; see the module docstring. A training
-    step is the engine's own ``forward_backward`` (the one ``jlml-train`` runs); with
-    ``compile``, its model is ``torch.compile``'d (the warm-up pays the compilation)."""
+    """Training and inference images/s of each model: the median over ``repeats`` timings
+    (models interleaved), each of ``iters`` steps after the Timer's two warm-up steps,
+    after ``warmup`` steps per model. A training step is the engine's own
+    ``forward_backward`` (the one ``jlml-train`` runs); with ``compile``, its model is
+    ``torch.compile``'d (the warm-up pays the compilation)."""
     dev = torch.device(device)
     dtype = AMP_MODES[amp]
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -90,15 +91,13 @@ def speed(models: List[str], height: int, width: int, batch: int, warmup: int = 
 
         def train_step(model=model, engine=engine):
             model.train()
-            for _ in range(iters):
-                engine.forward_backward(batch_data)
+            engine.forward_backward(batch_data)
 
         @torch.no_grad()
         def infer_step(model=model, run=engine.model):
             model.eval()
-            for _ in range(iters):
-                with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
-                    run(images)
+            with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
+                run(images)
 
         setups[name] = dict(train=train_step, infer=infer_step, params=params, flops=flops)
         for _ in range(warmup):
@@ -108,17 +107,17 @@ def speed(models: List[str], height: int, width: int, batch: int, warmup: int = 
         # inference steps (None on the CPU).
         setups[name]['peak_mb'] = ((torch.cuda.max_memory_allocated(dev) - held) / 2**20
                                    if cuda else None)
-    times = {name: {'train': [], 'infer': []} for name in models}
+    times = {name: {'train': [], 'infer': []} for name in models}  # seconds per step
     for _ in range(repeats):
         for name in models:  # interleaved: drift hits every model alike
             for mode in ('train', 'infer'):
-                times[name][mode].append(time_call(setups[name][mode], dev))
+                times[name][mode].append(seconds_per_call(setups[name][mode], iters))
     results = {}
     for name in models:
         median = {mode: statistics.median(times[name][mode]) for mode in ('train', 'infer')}
         results[name] = dict(
-            train_images_per_s=batch * iters / median['train'],
-            infer_images_per_s=batch * iters / median['infer'],
+            train_images_per_s=batch / median['train'],
+            infer_images_per_s=batch / median['infer'],
             params=setups[name]['params'], gflops=setups[name]['flops'] / 1e9,
             peak_memory_mb=setups[name]['peak_mb'], seconds=times[name])
     if reference in results:
@@ -223,13 +222,11 @@ def evaluator_speed(queries: int, gallery: int, ids: int, cams: int, repeats: in
     cython = _tr.cython_evaluator()
     if cython is not None:
         evaluators['torchreid_cython'] = lambda: cython(*problem, 50, False)
+    outputs = {name: fn() for name, fn in evaluators.items()}
     seconds = {name: [] for name in evaluators}
-    outputs = {}
     for _ in range(repeats):
-        for name, fn in evaluators.items():
-            start = time.perf_counter()
-            outputs[name] = fn()
-            seconds[name].append(time.perf_counter() - start)
+        for name, fn in evaluators.items():  # interleaved: drift hits every evaluator alike
+            seconds[name].append(seconds_per_call(fn))
     ours = outputs['jlml_plugin']
     out = {}
     for name, runs in seconds.items():

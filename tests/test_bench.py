@@ -63,9 +63,10 @@ def test_speed_times_the_engines_own_training_step(monkeypatch, tmp_path):
     monkeypatch.setattr(JLMLEngine, 'forward_backward', counted)
     timing.speed(['jlml', 'osnet_x0_25'], 32, 16, 2, warmup=1, repeats=2, iters=1,
                 reference='osnet_x0_25')
-    # warm-up + repeats, per model; JLML's step carries its sparsity terms
+    # per model: the warm-up, then per repeat the Timer's 2 warm-up steps and 1 timed one;
+    # JLML's step carries its sparsity terms
     assert sorted(set(calls)) == [('JLML', True), ('OSNet', False)]
-    assert len(calls) == 2 * (1 + 2)
+    assert len(calls) == 2 * (1 + 2 * (2 + 1))
 
 
 def test_loop_against_step_on_the_synthetic_set(data_root, tmp_path, capsys):
