@@ -23,6 +23,7 @@ import torch
 
 from ._files import atomic_open
 from ._torchreid import load_checkpoint
+from .distributed import unwrap
 from .errors import CheckpointError, one_line
 
 __all__ = ['atomic_save', 'training_state', 'save_checkpoint', 'latest_checkpoint',
@@ -142,7 +143,7 @@ def resume(path: str, model: torch.nn.Module, optimizer=None, scheduler=None,
     if checkpoint is None:
         checkpoint = load_checkpoint(path)
     state_dict = model_state(checkpoint)
-    target = model.module if hasattr(model, 'module') else model
+    target = unwrap(model)
     try:
         target.load_state_dict(state_dict)
     except RuntimeError as exc:

@@ -14,7 +14,7 @@ import contextlib
 import difflib
 import os
 from importlib import resources
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 import yaml

@@ -39,10 +39,6 @@ class DistInfo:
     local_rank: int
     device: torch.device
 
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
 
 def launched_by_torchrun() -> bool:
     return 'RANK' in os.environ and 'WORLD_SIZE' in os.environ

@@ -70,10 +70,6 @@ class Throughput(Hook):
         self.images += images
         self.seconds += seconds
 
-    @property
-    def per_second(self) -> float:
-        return self.images / self.seconds if self.seconds else 0.0
-
     def state_dict(self) -> Dict[str, Any]:
         return dict(train_images=self.images, train_seconds=self.seconds,
                     wall_seconds=self.wall_seconds)

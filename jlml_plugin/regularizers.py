@@ -256,7 +256,6 @@ class SparsityHook:
         params = dict(model.named_parameters())
         stripped = {k[len('module.'):]: v for k, v in params.items() if k.startswith('module.')}
         self.terms: List[Tuple[SparsityTerm, nn.Parameter]] = []
-        self.names = [t.name for t in terms]
         for term in terms:
             if term.kind not in REGULARIZERS:
                 raise ConfigError(f'unknown regulariser kind {term.kind!r} for {term.name}; '

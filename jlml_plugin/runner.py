@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Dict, Optional, Tuple
 
 import torch
@@ -26,11 +26,10 @@ from .checkpoint import latest_readable_checkpoint
 from .config import config_changes, flatten, get_cfg, load_config, trained_config
 from .data import check_datasets
 from .distributed import (DistInfo, barrier, distributed_train_loader, init_from_env,
-                          launched_by_torchrun, per_rank_batch)
-from .engine import JLMLEngine, JLMLTripletEngine
+                          is_main_process, launched_by_torchrun, per_rank_batch)
+from .engine import JLMLEngine, JLMLTripletEngine, TrainingResult
 from .precision import check_amp
 from .errors import ConfigError
-from .metrics import RankResult
 from . import models
 from .models import MODELS, default_cfgs
 from .models.jlml import ARCH_KEYS
@@ -154,15 +153,12 @@ def build_regularizer(cfg: CN, model: torch.nn.Module) -> Optional[SparsityHook]
 
 @dataclass
 class RunResult:
-    results: Dict[str, RankResult]
-    train_images_per_second: float
-    train_seconds: float
+    """What :func:`train` returns: the engine's result and what only the runner knows."""
+    training: TrainingResult
     #: The whole run's, from building the data to the last evaluation, resumes included.
     wall_seconds: float
     num_params: int
     flops: int
-    save_dir: str
-    extra: Dict[str, Any] = field(default_factory=dict)
 
 
 def record_run(cfg: CN) -> None:
@@ -290,7 +286,7 @@ def train(cfg: CN, resume_latest: bool = False, dist_info: Optional[DistInfo] = 
     distributed = dist_info is not None or launched_by_torchrun()
     if distributed and dist_info is None:
         dist_info = init_from_env(cfg.dist.backend, cfg.use_gpu)
-    main = dist_info is None or dist_info.is_main
+    main = is_main_process()
     path, checkpoint = _resume_from(cfg, resume_latest)
     if main:
         if path and not cfg.model.resume:
@@ -323,13 +319,9 @@ def train(cfg: CN, resume_latest: bool = False, dist_info: Optional[DistInfo] = 
         run_kwargs['start_epoch'] = engine.resume(path, checkpoint)
         if main:
             print(f'Resumed from {path}: continuing at epoch {run_kwargs["start_epoch"] + 1}')
-    outcome = engine.run(**run_kwargs)
-    return RunResult(results=outcome.results,
-                     train_images_per_second=outcome.train_images_per_second,
-                     train_seconds=outcome.train_seconds,
-                     wall_seconds=outcome.wall_seconds_before_resume + time.time() - wall_start,
-                     num_params=num_params, flops=flops, save_dir=cfg.data.save_dir,
-                     extra=dict(train_summary=outcome.train_summary))
+    training = engine.run(**run_kwargs)
+    return RunResult(training, training.wall_seconds_before_resume + time.time() - wall_start,
+                     num_params, flops)
 
 
 # ------------------------------------------------- the config as torchreid's arguments

@@ -9,7 +9,8 @@ import jlml_plugin  # noqa: F401
 from jlml_plugin import torchreid
 from jlml_plugin.config import get_cfg, load_config
 from jlml_plugin.runner import imagedata_kwargs
-from jlml_plugin.distributed import distributed_train_loader, init_from_env, shutdown
+from jlml_plugin.distributed import (distributed_train_loader, init_from_env, is_main_process,
+                                     shutdown)
 from jlml_plugin.engine import JLMLEngine
 from jlml_plugin.runner import build_model, build_regularizer
 
@@ -38,7 +39,7 @@ def main(mode, out, data_root, sampler):
         pids = [dm.train_loader.dataset.train[i][1] for i in mine]
         gathered = [None] * info.world_size
         dist.all_gather_object(gathered, dict(indices=mine, pids=pids, batches=len(loader)))
-        if info.is_main:
+        if is_main_process():
             json.dump(dict(ranks=gathered, num_pids=dm.num_train_pids,
                            num_items=len(dm.train_loader.dataset.train)), open(out, 'w'))
         return
@@ -55,7 +56,7 @@ def main(mode, out, data_root, sampler):
         model.train()
         model.apply(_freeze_bn)  # BN statistics would differ per rank
         engine.forward_backward(batch)
-    if info.is_main:
+    if is_main_process():
         final = {k: v.detach().clone() for k, v in model.module.state_dict().items()}
         torch.save(dict(initial=initial, final=final), out)
 

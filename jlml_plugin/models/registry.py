@@ -31,9 +31,8 @@ def register_variant(**metadata) -> Callable[[Callable], Callable]:
     stride 4, towers from the config, no pretrained weights). The builder must take torchreid's signature
     ``(num_classes, loss='softmax', pretrained=..., use_gpu=..., **kwargs)``."""
     cfg = dict(input_size=(3, 160, 64), mean=IMAGENET_MEAN, std=IMAGENET_STD,
-               feature_dim=1024, classifiers=2, distance='euclidean', stem_stride=4,
-               arch_from_config=True, pretrained_url='',
-               paper='arXiv:1705.04724')
+               feature_dim=1024, classifiers=2, stem_stride=4, arch_from_config=True,
+               pretrained_url='')
     cfg.update(metadata)
 
     def register(builder: Callable) -> Callable:
