@@ -221,16 +221,15 @@ def comparisons_table(rows: List[Dict[str, Any]], what: str,
     """One row per comparison: the pooled difference with its interval and verdict in each
     metric, then each split's difference, R1 (mAP)."""
     splits = sorted({s for row in rows for s in row['splits']})
-    out = [f'| claim | {what} pair | '
-           + ''.join(f'{_METRIC_NAMES[m]} difference [95% CI] | ' for m in metrics)
-           + ' | '.join(f'split {s}' for s in splits) + ' |',
-           '|---|---|' + '---|' * (len(metrics) + len(splits))]
+    header = ['claim', f'{what} pair', *(f'{_METRIC_NAMES[m]} difference [95% CI]' for m in metrics),
+              *(f'split {s}' for s in splits)]
+    out = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
     for row in rows:
         cells = [row['per_split'].get(str(s)) for s in splits]
-        out.append(f"| {row['claim']} | {row['a']} − {row['b']} | "
-                   + ''.join(f'{_cell(row[m])} | ' for m in metrics)
-                   + ' | '.join(f"{c['rank1']:+.1f} ({c['mAP']:+.1f})" if c else '–'
-                                for c in cells) + ' |')
+        out.append('| ' + ' | '.join([row['claim'], f"{row['a']} − {row['b']}",
+                                      *(_cell(row[m]) for m in metrics),
+                                      *(f"{c['rank1']:+.1f} ({c['mAP']:+.1f})" if c else '–'
+                                        for c in cells)]) + ' |')
     return '\n'.join(out) + '\n'
 
 

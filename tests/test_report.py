@@ -40,6 +40,10 @@ def test_a_claim_reads_its_pooled_paired_interval():
         '| +10.0 (+10.0) | -1.0 (+1.0) |',
         '| sparsity helps | jlml − lambda0 | no per-query records | no per-query records '
         '| +20.0 (+17.0) | – |']
+    no_runs = compare([], [], [('jlml', 'local', 'joint beats local')])
+    assert comparisons_table(no_runs, 'ablation').splitlines()[:2] == [
+        '| claim | ablation pair | R1 difference [95% CI] | mAP difference [95% CI] |',
+        '|---|---|---|---|']
 
 
 def test_seeds_are_averaged_per_split():
