@@ -12,6 +12,7 @@ import torch
 
 from jlml_plugin import SparsityHook, SparsityTerm, group_lasso, torchreid
 from jlml_plugin.engine import JLMLEngine
+from jlml_plugin.hooks import default_hooks
 
 
 def main():
@@ -36,7 +37,7 @@ def main():
     before = group_lasso(weight).item()
     optimizer = torchreid.optim.build_optimizer(model, optim='adam', lr=1e-3)
     engine = JLMLEngine(datamanager, model, optimizer, use_gpu=False, regularizer=hook,
-                        checkpoint_freq=0)
+                        hooks=default_hooks(checkpoint_period=0))
     engine.run(save_dir=args.save_dir, max_epoch=args.epochs, ranks=[1])
     with torch.no_grad():
         norms = weight.norm(dim=0)

@@ -12,12 +12,13 @@ losses (torchreid's baselines) get torchreid's own rule: one CE, averaged over a
 of heads. :class:`JLMLTripletEngine` adds torchreid's batch-hard ``TripletLoss`` per
 branch.
 
-The loop is torchreid's (``run``: train, evaluate when due, save), with each concern it
-adds in a piece of its own:
+The loop is torchreid's (``run`` takes its arguments: train, evaluate when due, save),
+with each concern it adds in a piece of its own:
 
 * :mod:`jlml_plugin.precision`: AMP (bf16/fp16 autocast, GradScaler) and the stop on a
   NaN/inf loss;
-* :mod:`jlml_plugin.hooks`: progress with ETA, TensorBoard, throughput counters;
+* :mod:`jlml_plugin.hooks`: progress, TensorBoard, evaluation when due, periodic
+  checkpoints, throughput counters: one hook each;
 * :mod:`jlml_plugin.evaluation`: fp32 features and the exact evaluator with mINP;
 * :mod:`jlml_plugin.checkpoint`: atomic, resumable checkpoints with RNG state
   (torchreid's F1/F2 fixed: ``rank1`` is a float and ``scheduler=None`` works).
@@ -41,7 +42,7 @@ from .distributed import (DistributedIdentitySampler, barrier, get_world_size,
                           is_main_process, unwrap)
 from .errors import ConfigError
 from .evaluation import draw_ranked_lists, evaluate_target
-from .hooks import Hook, ProgressLog, TensorBoardLog, Throughput
+from .hooks import EvalHook, Hook, Throughput, default_hooks
 from .metrics import RankResult
 from .precision import MixedPrecision, NonFiniteGuard
 from .regularizers import SparsityHook
@@ -78,19 +79,17 @@ class JLMLEngine(_tr.engine.ImageSoftmaxEngine):
         regularizer: sparsity terms, reported every step and minimised by their proximal
             step after each optimizer step.
         amp: ``'off'``, ``'bf16'`` or ``'fp16'``; channels_last: feed NHWC images.
-        checkpoint_freq: a resumable checkpoint every N epochs (0: only after evaluations
-            and at the end, as torchreid); keep_checkpoints: the newest N kept (0: all).
         meta: saved in every checkpoint (what rebuilds the model, for export).
         single_shot: also report torchreid's cuhk03 single-gallery-shot CMC.
-        hooks: more :class:`~jlml_plugin.hooks.Hook` s, after the built-in throughput,
-            progress and TensorBoard ones.
+        hooks: the loop's :class:`~jlml_plugin.hooks.Hook` s, in order (default:
+            :func:`~jlml_plugin.hooks.default_hooks`: progress, TensorBoard, evaluation,
+            checkpoints); the throughput counter always runs first.
     """
 
     def __init__(self, datamanager, model, optimizer, scheduler=None, use_gpu: bool = True,
                  label_smooth: bool = True, loss_weights: Optional[Dict[str, float]] = None,
                  regularizer: Optional[SparsityHook] = None, amp: str = 'off',
-                 channels_last: bool = False, checkpoint_freq: int = 1,
-                 keep_checkpoints: int = 2, meta: Optional[Dict[str, Any]] = None,
+                 channels_last: bool = False, meta: Optional[Dict[str, Any]] = None,
                  single_shot: bool = False, hooks: Optional[List[Hook]] = None) -> None:
         super().__init__(datamanager, model, optimizer, scheduler=scheduler, use_gpu=use_gpu,
                          label_smooth=label_smooth)
@@ -103,14 +102,12 @@ class JLMLEngine(_tr.engine.ImageSoftmaxEngine):
         self.precision = MixedPrecision(amp, self.device.type)
         self.guard = NonFiniteGuard.for_amp(amp)
         self.channels_last = channels_last
-        self.checkpoint_freq, self.keep_checkpoints = checkpoint_freq, keep_checkpoints
         self.meta = dict(meta or {})
         self.single_shot = single_shot
         self.main = is_main_process()
-        self.rank1 = 0.0  # the last evaluation's (last target's), saved in checkpoints
         self.throughput = Throughput()
-        self.hooks: List[Hook] = [self.throughput, ProgressLog(enabled=self.main),
-                                  *([TensorBoardLog()] if self.main else []), *(hooks or [])]
+        self.hooks: List[Hook] = [self.throughput, *(default_hooks(self.main) if hooks is None
+                                                     else hooks)]
 
     def _call_hooks(self, point: str, *args) -> None:
         for hook in self.hooks:
@@ -165,40 +162,35 @@ class JLMLEngine(_tr.engine.ImageSoftmaxEngine):
             normalize_feature: bool = False, visrank: bool = False, visrank_topk: int = 10,
             use_metric_cuhk03: bool = False, ranks=(1, 5, 10, 20),
             rerank: bool = False) -> TrainingResult:
-        """torchreid's ``Engine.run``: the same arguments and schedule of evaluations, a
-        checkpoint every ``checkpoint_freq`` epochs, and the outcome returned."""
+        """torchreid's ``Engine.run``: its arguments, with what happens besides training done
+        by the hooks (evaluations by :class:`~jlml_plugin.hooks.EvalHook`, checkpoints by
+        :class:`~jlml_plugin.hooks.PeriodicCheckpoint`); returns the outcome, with the
+        last evaluation's results if an ``EvalHook`` ran."""
         if visrank and not test_only:
             raise ConfigError('test.visrank needs test.evaluate True (torchreid draws ranked '
                               'lists only in test-only runs)')
-        test_kwargs = dict(dist_metric=dist_metric, normalize_feature=normalize_feature,
-                           visrank=visrank, visrank_topk=visrank_topk, save_dir=save_dir,
-                           use_metric_cuhk03=use_metric_cuhk03, ranks=list(ranks))
+        self.save_dir, self.eval_freq, self.start_eval = save_dir, eval_freq, start_eval
+        self.test_kwargs = dict(dist_metric=dist_metric, normalize_feature=normalize_feature,
+                                visrank=visrank, visrank_topk=visrank_topk, save_dir=save_dir,
+                                use_metric_cuhk03=use_metric_cuhk03, ranks=list(ranks),
+                                rerank=rerank)
         if test_only:
-            return TrainingResult(self.test(rerank=rerank, **test_kwargs))
-        self._call_hooks('before_train', save_dir)
+            return TrainingResult(self.test(**self.test_kwargs))
         time_start = time.time()
         self.start_epoch, self.max_epoch = start_epoch, max_epoch
-        results, summary = {}, {}
+        self._call_hooks('before_train', save_dir)
+        summary = {}
         if self.main:
             print(f'=> Start training (epochs {start_epoch + 1}-{max_epoch})')
         for self.epoch in range(start_epoch, max_epoch):
             summary = self.train(print_freq=print_freq, fixbase_epoch=fixbase_epoch,
                                  open_layers=open_layers)
-            last = self.epoch + 1 == max_epoch
-            evaluate = last or (self.epoch + 1 >= start_eval and eval_freq > 0
-                                and (self.epoch + 1) % eval_freq == 0)
-            if evaluate:
-                if self.main and last:
-                    print('=> Final test')
-                results = self.test(**test_kwargs)
-            if evaluate or (self.checkpoint_freq > 0 and (self.epoch + 1) % self.checkpoint_freq == 0):
-                self.save_model(self.epoch, self.rank1, save_dir)
-        if start_epoch >= max_epoch > 0:  # resumed a finished run: just report it
-            results = self.test(**test_kwargs)
         if self.main:
             print(f'Elapsed {datetime.timedelta(seconds=round(time.time() - time_start))}')
         self._call_hooks('after_train')
-        return TrainingResult(results, summary, self.throughput.images, self.throughput.seconds,
+        evaluations = [h.results for h in self.hooks if isinstance(h, EvalHook)]
+        return TrainingResult(evaluations[0] if evaluations else {}, summary,
+                              self.throughput.images, self.throughput.seconds,
                               self.throughput.wall_seconds_before_resume)
 
     def train(self, print_freq: int = 10, fixbase_epoch: int = 0,
@@ -220,27 +212,28 @@ class JLMLEngine(_tr.engine.ImageSoftmaxEngine):
                              time.time() - end)
             end = time.time()
         summary = _means(losses)
-        self._call_hooks('after_epoch', summary)
         self.update_lr()
+        self._call_hooks('after_epoch', summary)
         return summary
 
     def resume(self, path: str, checkpoint: Optional[Dict[str, Any]] = None) -> int:
-        """Restores a checkpoint (weights, optimizer, scheduler, scaler, RNG states, the
-        last Rank-1 and the throughput counters) from ``path``, or from ``checkpoint``, its
-        contents already loaded; returns the epoch to continue from."""
+        """Restores a checkpoint (weights, optimizer, scheduler, scaler, RNG states) from
+        ``path``, or from ``checkpoint``, its contents already loaded, and hands it to the
+        hooks (the throughput counters, the last Rank-1); returns the epoch to continue from."""
         checkpoint = resume(path, self.model, self.optimizer, self.scheduler,
                             self.precision.scaler, checkpoint)
-        self.rank1 = float(checkpoint.get('rank1', 0.0))
-        self.throughput.load_state_dict(checkpoint.get('counters') or {})
+        self._call_hooks('after_resume', checkpoint)
         return int(checkpoint['epoch'])
 
-    def save_model(self, epoch: int, rank1: float, save_dir: str, is_best: bool = False) -> None:
-        """torchreid's checkpoint plus what resuming needs, atomically, on rank 0 only."""
+    def save_model(self, epoch: int, rank1: float, save_dir: str, is_best: bool = False,
+                   keep: int = 0) -> None:
+        """torchreid's checkpoint plus what resuming needs, atomically, on rank 0 only; the
+        newest ``keep`` are kept (0: all)."""
         if self.main:
             state = training_state(self.net, self.optimizer, self.scheduler, epoch, rank1,
                                    scaler=self.precision.state_dict(), meta=self.meta,
                                    counters=self.throughput.state_dict())
-            path = save_checkpoint(state, os.path.join(save_dir, 'model'), self.keep_checkpoints)
+            path = save_checkpoint(state, os.path.join(save_dir, 'model'), keep)
             print(f'Checkpoint saved to "{path}"')
 
     # ----------------------------------------------------------------------- evaluation
@@ -251,7 +244,8 @@ class JLMLEngine(_tr.engine.ImageSoftmaxEngine):
              use_metric_cuhk03: bool = False, ranks=(1, 5, 10, 20),
              rerank: bool = False) -> Dict[str, RankResult]:
         """torchreid's ``test`` on every target, returning each target's whole result
-        (torchreid's returns the last Rank-1). Rank 0 evaluates; other ranks wait."""
+        (torchreid's returns the last Rank-1), then the hooks' ``after_eval``. Rank 0
+        evaluates; other ranks wait."""
         self.set_model_mode('eval')
         results = {}
         for name, loaders in self.test_loader.items() if self.main else ():
@@ -260,7 +254,6 @@ class JLMLEngine(_tr.engine.ImageSoftmaxEngine):
                 normalize_feature, rerank, ranks, use_metric_cuhk03, self.single_shot)
             if visrank:
                 draw_ranked_lists(distmat, self.datamanager, name, save_dir, visrank_topk)
-        self.rank1 = list(results.values())[-1].rank(1) if results else self.rank1
         self._call_hooks('after_eval', results)
         barrier()
         return results

@@ -2,33 +2,40 @@
 
 :class:`~jlml_plugin.engine.JLMLEngine` calls each hook, in order, at these points:
 
+    after_resume(engine, checkpoint)    after a checkpoint is restored (its contents)
     before_train(engine, save_dir)      once, before the first epoch
     before_epoch(engine)                before each epoch (``engine.num_batches`` is set)
     after_step(engine, losses, images, seconds)
                                         after every training step (``losses``: the
                                         epoch's running means; ``images``: on all ranks)
-    after_epoch(engine, summary)        after each epoch's steps (``summary``: the
-                                        epoch's mean losses), before any evaluation
+    after_epoch(engine, summary)        after each epoch, its learning rate stepped
+                                        (``summary``: the epoch's mean losses)
     after_eval(engine, results)         after each evaluation (results per target)
     after_train(engine)                 once, at the end
 
-A hook overrides only what it needs. Each can be left out of ``JLMLEngine(hooks=...)``
-alone, and tested alone.
+The loop's concerns besides training are hooks: progress, TensorBoard, evaluation and
+checkpoints (:func:`default_hooks`, in the order they run). A hook overrides only what it
+needs; each can be left out of ``JLMLEngine(hooks=...)`` alone, and tested alone. The
+engine's own ``throughput`` counter always runs first.
 """
 from __future__ import annotations
 
 import datetime
 import time
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 from torch.utils.tensorboard import SummaryWriter
 
 from .progress import progress
 
-__all__ = ['Hook', 'Throughput', 'ProgressLog', 'TensorBoardLog', 'format_losses']
+__all__ = ['Hook', 'Throughput', 'ProgressLog', 'TensorBoardLog', 'EvalHook', 'PeriodicCheckpoint',
+           'default_hooks', 'format_losses']
 
 
 class Hook:
+    def after_resume(self, engine, checkpoint: Dict[str, Any]) -> None:
+        pass
+
     def before_train(self, engine, save_dir: str) -> None:
         pass
 
@@ -74,7 +81,8 @@ class Throughput(Hook):
         return dict(train_images=self.images, train_seconds=self.seconds,
                     wall_seconds=self.wall_seconds)
 
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
+    def after_resume(self, engine, checkpoint) -> None:
+        state = checkpoint.get('counters') or {}
         self.images = int(state.get('train_images', 0))
         self.seconds = float(state.get('train_seconds', 0.0))
         self.wall_seconds_before_resume = float(state.get('wall_seconds', 0.0))
@@ -88,7 +96,7 @@ class ProgressLog(Hook):
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
-        self.bar, self.images, self.seconds = None, 0, 0.0
+        self.bar, self.images, self.seconds, self.lr = None, 0, 0.0, 0.0
 
     def before_epoch(self, engine) -> None:
         self.bar = progress(engine.num_batches, f'epoch {engine.epoch + 1}/{engine.max_epoch}',
@@ -101,8 +109,9 @@ class ProgressLog(Hook):
         steps_left = (engine.num_batches - engine.batch_idx - 1
                       + (engine.max_epoch - engine.epoch - 1) * engine.num_batches)
         eta = datetime.timedelta(seconds=int(self.seconds / (engine.batch_idx + 1) * steps_left))
-        self.bar.set_postfix_str(f'{format_losses(losses)} lr {engine.get_current_lr():.2e} '
-                                 f'total-eta {eta}', refresh=False)
+        self.lr = engine.get_current_lr()  # the epoch's: its summary comes after the lr step
+        self.bar.set_postfix_str(f'{format_losses(losses)} lr {self.lr:.2e} total-eta {eta}',
+                                 refresh=False)
         self.bar.update(1)
 
     def after_epoch(self, engine, summary) -> None:
@@ -110,7 +119,7 @@ class ProgressLog(Hook):
         if self.enabled:
             rate = self.images / self.seconds if self.seconds else 0.0
             print(f'epoch {engine.epoch + 1}/{engine.max_epoch}: {format_losses(summary)} lr '
-                  f'{engine.get_current_lr():.2e} | {rate:.1f} img/s, '
+                  f'{self.lr:.2e} | {rate:.1f} img/s, '
                   f'{datetime.timedelta(seconds=int(self.seconds))}')
 
 
@@ -149,3 +158,62 @@ class TensorBoardLog(Hook):
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+
+
+class EvalHook(Hook):
+    """torchreid's schedule of evaluations, as ``JLMLEngine.run``'s arguments set it
+    (``engine.eval_freq``, ``engine.start_eval``, ``engine.test_kwargs``): every
+    ``eval_freq`` epochs from ``start_eval``, and after the last one. A resumed run with no
+    epoch left is evaluated once. ``results`` holds the last evaluation's."""
+
+    def __init__(self) -> None:
+        self.results: Dict[str, Any] = {}
+
+    def before_train(self, engine, save_dir) -> None:
+        self.results = {}
+        if engine.start_epoch >= engine.max_epoch > 0:  # resumed a finished run: report it
+            self.results = engine.test(**engine.test_kwargs)
+
+    def after_epoch(self, engine, summary) -> None:
+        epoch = engine.epoch + 1
+        last = epoch == engine.max_epoch
+        if last or (epoch >= engine.start_eval and engine.eval_freq > 0
+                    and epoch % engine.eval_freq == 0):
+            if engine.main and last:
+                print('=> Final test')
+            self.results = engine.test(**engine.test_kwargs)
+
+
+class PeriodicCheckpoint(Hook):
+    """A resumable checkpoint every ``period`` epochs (0: only after evaluations and at the
+    end, as torchreid) and after every evaluation, the newest ``keep`` kept (0: all). Each
+    carries the last evaluation's Rank-1 (torchreid's checkpoint format); it follows any
+    evaluation of the same epoch, so it stands after :class:`EvalHook`."""
+
+    def __init__(self, period: int = 1, keep: int = 2) -> None:
+        self.period, self.keep = period, keep
+        self.rank1, self.evaluated = 0.0, False
+
+    def after_resume(self, engine, checkpoint) -> None:
+        self.rank1 = float(checkpoint.get('rank1', 0.0))
+
+    def before_epoch(self, engine) -> None:
+        self.evaluated = False
+
+    def after_eval(self, engine, results) -> None:
+        self.evaluated = True
+        if results:  # other ranks wait while rank 0 evaluates
+            self.rank1 = list(results.values())[-1].rank(1)
+
+    def after_epoch(self, engine, summary) -> None:
+        last = engine.epoch + 1 == engine.max_epoch
+        if self.evaluated or last or (self.period > 0 and (engine.epoch + 1) % self.period == 0):
+            engine.save_model(engine.epoch, self.rank1, engine.save_dir, keep=self.keep)
+
+
+def default_hooks(main: bool = True, checkpoint_period: int = 1,
+                  keep_checkpoints: int = 2) -> List[Hook]:
+    """The loop's hooks, in order: progress, TensorBoard (rank 0 only), evaluation, then
+    checkpoints."""
+    return [ProgressLog(enabled=main), *([TensorBoardLog()] if main else []), EvalHook(),
+            PeriodicCheckpoint(checkpoint_period, keep_checkpoints)]

@@ -15,7 +15,7 @@ import json
 import os
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import yaml
@@ -28,6 +28,7 @@ from .data import check_datasets
 from .distributed import (DistInfo, barrier, distributed_train_loader, init_from_env,
                           is_main_process, launched_by_torchrun, per_rank_batch)
 from .engine import JLMLEngine, JLMLTripletEngine, TrainingResult
+from .hooks import Hook, default_hooks
 from .precision import check_amp
 from .errors import ConfigError
 from . import models
@@ -38,7 +39,7 @@ from ._files import atomic_write_text
 from .report import environment
 
 __all__ = ['validate', 'build_datamanager', 'build_model', 'build_regularizer', 'place_model',
-           'build_engine', 'record_run', 'train', 'RunResult',
+           'build_engine', 'build_hooks', 'record_run', 'train', 'RunResult',
            'model_kwargs']
 
 _tr = _torchreid
@@ -269,15 +270,19 @@ def build_engine(cfg: CN, datamanager, model: torch.nn.Module,
                   label_smooth=cfg.loss.softmax.label_smooth,
                   loss_weights={'global': cfg.jlml.weight_global, 'local': cfg.jlml.weight_local},
                   regularizer=regularizer, amp=cfg.train.amp,
-                  channels_last=cfg.train.channels_last,
-                  checkpoint_freq=cfg.train.checkpoint_freq,
-                  keep_checkpoints=cfg.train.keep_checkpoints, meta=meta,
-                  single_shot=cfg.test.single_shot)
+                  channels_last=cfg.train.channels_last, meta=meta,
+                  single_shot=cfg.test.single_shot, hooks=build_hooks(cfg))
     if cfg.loss.name == 'triplet':
         return JLMLTripletEngine(datamanager, model, optimizer, margin=cfg.loss.triplet.margin,
                                  weight_t=cfg.loss.triplet.weight_t,
                                  weight_x=cfg.loss.triplet.weight_x, **common)
     return JLMLEngine(datamanager, model, optimizer, **common)
+
+
+def build_hooks(cfg: CN) -> List[Hook]:
+    """The loop's hooks (progress, TensorBoard, evaluation, checkpoints), the checkpoint
+    cadence and how many are kept from ``train.checkpoint_freq`` and ``train.keep_checkpoints``."""
+    return default_hooks(is_main_process(), cfg.train.checkpoint_freq, cfg.train.keep_checkpoints)
 
 
 def train(cfg: CN, resume_latest: bool = False, dist_info: Optional[DistInfo] = None) -> RunResult:

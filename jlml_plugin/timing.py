@@ -16,6 +16,7 @@ from torch.utils import benchmark
 from . import _torchreid
 from .engine import JLMLEngine
 from .errors import ConfigError
+from .hooks import EvalHook, PeriodicCheckpoint
 from .metrics import evaluate_rank
 from .models import MODELS, build
 from .models.reference import LoopedLocalBranch
@@ -161,6 +162,8 @@ def loop_speed(cfg, epochs: int = 1) -> Dict[str, float]:
     model = build_model(cfg, datamanager.num_train_pids)
     model, regularizer = place_model(cfg, model, torch.device('cpu'), distributed=False)
     engine = build_engine(cfg, datamanager, model, regularizer)
+    # What a run's own images/s counts: its steps, not its evaluations and checkpoints.
+    engine.hooks = [h for h in engine.hooks if not isinstance(h, (EvalHook, PeriodicCheckpoint))]
     engine.train_loader = timed = _TimedLoader(datamanager.train_loader)
     engine.start_epoch, engine.max_epoch = 0, epochs
     engine._call_hooks('before_train', cfg.data.save_dir)

@@ -9,7 +9,8 @@ from jlml_plugin import MODELS, SparsityHook, SparsityTerm, evaluate_rank, torch
 from jlml_plugin.engine import JLMLEngine
 from jlml_plugin.precision import MAX_SKIPPED_STEPS
 from jlml_plugin.errors import ConfigError, NonFiniteLossError
-from jlml_plugin.hooks import Hook, TensorBoardLog
+from jlml_plugin.hooks import (EvalHook, Hook, PeriodicCheckpoint, ProgressLog, TensorBoardLog,
+                               default_hooks)
 
 SMALL = dict(stem_width=8, global_widths=(4, 8, 8, 16), local_widths=(4, 4, 8, 8))
 
@@ -145,9 +146,9 @@ def test_counters_survive_a_checkpoint(datamanager, tmp_path):
     engine.save_model(3, 0.4, str(tmp_path))
     resumed = _engine(datamanager)
     assert resumed.resume(str(tmp_path / 'model' / 'model.pth.tar-4')) == 4
-    assert (resumed.rank1, resumed.throughput.images, resumed.throughput.seconds) == (0.4, 640, 12.5)
-    assert (resumed.throughput.images, resumed.throughput.seconds) == (
-        engine.throughput.images, engine.throughput.seconds)
+    checkpoints = [h for h in resumed.hooks if isinstance(h, PeriodicCheckpoint)]
+    assert (checkpoints[0].rank1, resumed.throughput.images, resumed.throughput.seconds) == (
+        0.4, 640, 12.5)
 
 
 def test_evaluation_is_the_evaluator_on_the_models_fp32_features(datamanager, capsys):
@@ -202,20 +203,48 @@ class _Recorder(Hook):
         self.calls.append('after_train')
 
 
+def _without(kind):
+    return [h for h in default_hooks() if not isinstance(h, kind)]
+
+
 def test_hooks_are_called_in_loop_order_and_each_can_be_left_out(datamanager, tmp_path):
     recorder = _Recorder()
-    engine = _engine(datamanager, lr=0.01, hooks=[recorder])
-    engine.hooks = [h for h in engine.hooks if not isinstance(h, TensorBoardLog)]  # off alone
+    engine = _engine(datamanager, lr=0.01, hooks=[*_without(TensorBoardLog), recorder])
     outcome = engine.run(save_dir=str(tmp_path), max_epoch=1, ranks=[1])
     steps = len(datamanager.train_loader)
     sizes = [len(b['img']) for b in datamanager.train_loader]
     assert recorder.calls == (['before_train', 'before_epoch 0']
                               + [f'step {i} {n}' for i, n in enumerate(sizes[:steps])]
-                              + ['after_epoch 0', "eval ['synthreid_tiny']", 'after_train'])
+                              + ["eval ['synthreid_tiny']", 'after_epoch 0', 'after_train'])
     assert not [f for f in os.listdir(tmp_path) if f.startswith('events.')]  # no TensorBoard
     assert outcome.train_images == sum(sizes) == engine.throughput.images
     assert set(outcome.train_summary) >= {'loss', 'loss_global', 'reg_local'}
-    assert outcome.results['synthreid_tiny'].rank(1) == engine.rank1
+    saved = torch.load(tmp_path / 'model' / 'model.pth.tar-1', weights_only=True)
+    assert saved['rank1'] == outcome.results['synthreid_tiny'].rank(1)
+
+
+def test_without_the_eval_hook_nothing_is_evaluated_and_the_end_is_still_saved(datamanager,
+                                                                                tmp_path):
+    engine = _engine(datamanager, lr=0.01, hooks=_without(EvalHook))
+    outcome = engine.run(save_dir=str(tmp_path), max_epoch=2, eval_freq=1, ranks=[1])
+    assert outcome.results == {}
+    saved = torch.load(tmp_path / 'model' / 'model.pth.tar-2', weights_only=True)
+    assert saved['rank1'] == 0.0 and saved['epoch'] == 2
+
+
+def test_without_the_checkpoint_hook_nothing_is_saved(datamanager, tmp_path):
+    engine = _engine(datamanager, lr=0.01, hooks=_without(PeriodicCheckpoint))
+    outcome = engine.run(save_dir=str(tmp_path), max_epoch=1, ranks=[1])
+    assert 'synthreid_tiny' in outcome.results and not os.path.exists(tmp_path / 'model')
+
+
+def test_checkpoints_follow_their_period_and_every_evaluation(datamanager, tmp_path):
+    hooks = [h for h in default_hooks(checkpoint_period=3, keep_checkpoints=0)
+             if not isinstance(h, ProgressLog)]
+    engine = _engine(datamanager, lr=0.01, hooks=hooks)
+    engine.run(save_dir=str(tmp_path), max_epoch=4, eval_freq=2, ranks=[1])
+    saved = sorted(int(f.rsplit('-', 1)[1]) for f in os.listdir(tmp_path / 'model'))
+    assert saved == [2, 3, 4]  # evaluated at 2 and 4 (the last), periodic at 3
 
 
 def test_a_model_returning_another_number_of_heads_than_it_names_is_an_error(datamanager):
