@@ -52,7 +52,7 @@ __all__ = ['Run', 'load_leaderboard', 'plan_runs', 'ablation_claims', 'tuning_sp
 _TOP_KEYS = {'name', 'title', 'output', 'root', 'splits', 'seeds', 'protocol', 'models',
              'ablations', 'tune'}
 _ABLATION_KEYS = {'reference', 'splits', 'models'}
-_TUNE_KEYS = {'dataset', 'split', 'output', 'grid', 'rule'}
+_TUNE_KEYS = {'dataset', 'split', 'output', 'grid', 'rule', 'note'}  # note: what else was tuned
 _ENTRY_KEYS = ('name', 'label', 'overrides', 'seeds')
 #: The tuning rules a config may name: each scores a grid point's record.
 TUNING_RULES = {'rank1 + mAP': lambda record: record['rank1'] + record['mAP']}
@@ -540,6 +540,8 @@ def _header(spec: Dict[str, Any], env: Dict[str, Any]) -> str:
                  f'their reference\'s. Chosen: ' + ('; '.join(
                      f'{label} ' + ', '.join(f'{k}={v}' for k, v in point.items())
                      for label, point in choices.items()) or 'none yet') + '.\n')
+        if spec['tune'].get('note'):
+            text += f"{spec['tune']['note']}\n"
     return text
 
 

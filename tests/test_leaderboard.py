@@ -275,6 +275,7 @@ def test_tuning_then_a_board_of_two_seeds_with_the_choice(tmp_path, data_root, c
     spec = _tuning_spec(tmp_path, [0.001, 0.003])
     spec.update(models=['jlml_local'], ablations={}, splits=[0], seeds=[1, 2],
                 output=str(tmp_path / 'board'))
+    spec['tune']['note'] = 'JLML also had 5 runs for its λ.'
     config = tmp_path / 'tuned.yaml'
     config.write_text(yaml.safe_dump(spec))
     code, out, err = _run(['--config', str(config), '--root', data_root], capsys)
@@ -291,7 +292,7 @@ def test_tuning_then_a_board_of_two_seeds_with_the_choice(tmp_path, data_root, c
     assert {r['config']['train.seed'] for r in board} == {1, 2}
     assert os.path.isdir(tmp_path / 'board' / 'runs' / 'jlml_local' / 'split0-seed2')
     table = open(tmp_path / 'board' / 'leaderboard.md').read()
-    assert f"Chosen: jlml_local train.lr={best['config']['train.lr']}." in table
+    assert f"Chosen: jlml_local train.lr={best['config']['train.lr']}.\nJLML also had 5 runs" in table
     assert '| jlml_local | 2 | ' in table  # pooled over its two seeds, with intervals
     # Run again: everything is done, nothing trains.
     code, out, _ = _run(['--config', str(config), '--root', data_root], capsys)

@@ -18,7 +18,11 @@ def test_import_registers_every_model_and_dataset():
     for name, builder in MODELS.items():
         assert factory[name] is builder
     datasets = _torchreid.image_dataset_factory()
-    assert {'synthreid', 'synthreid_tiny', 'cuhk01_seeded', 'cuhk01_val'} <= set(datasets)
+    # Each dataset module registers itself (@register_dataset): a new dataset is one file.
+    assert set(jlml_plugin.data.DATASETS) == {'synthreid', 'synthreid_tiny', 'cuhk01_seeded',
+                                              'cuhk01_tune', 'cuhk01_val'}
+    for name, cls in jlml_plugin.data.DATASETS.items():
+        assert datasets[name] is cls
     assert datasets['cuhk01_seeded'].__module__ == 'jlml_plugin.data.cuhk01'
 
 

@@ -1,39 +1,32 @@
-"""Datasets the plugin adds to torchreid, and the check that a dataset is on disk."""
+"""Datasets the plugin adds to torchreid, and the check that a dataset is on disk. Each
+dataset is one module of this package, registered by ``@register_dataset``
+(:mod:`jlml_plugin.data.registry`); every module here is imported with the package."""
 from __future__ import annotations
 
+import importlib
 import os
+import pkgutil
 from typing import List
 
 from .. import _torchreid
 from ..errors import ConfigError, DataError
-from .cuhk01 import CUHK01, CUHK01Tuning, CUHK01Validation
-from .synthetic import PRESETS, SynthReID, SynthReIDTiny
+from .registry import DATASETS, LAYOUTS, register_dataset
 
-__all__ = ['CUHK01', 'CUHK01Tuning', 'CUHK01Validation', 'SynthReID', 'SynthReIDTiny', 'register_datasets',
-           'check_datasets']
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f'{__name__}.{_module.name}')
 
-#: Where torchreid looks for the datasets the configs name, below ``data.root``.
-LAYOUTS = {
-    'market1501': 'market1501/Market-1501-v15.09.15/{bounding_box_train,query,bounding_box_test}/',
-    'dukemtmcreid': 'dukemtmc-reid/DukeMTMC-reID/{bounding_box_train,query,bounding_box_test}/',
-    'cuhk03': 'cuhk03/cuhk03_release/cuhk-03.mat (+ cuhk03_new_protocol_config_*.mat)',
-    'msmt17': 'msmt17/MSMT17_V1 or MSMT17_V2/{train,test,list_*.txt}',
-    'cuhk01': 'cuhk01/campus/NNNNIII.png (971 identities x 4 images)',
-    'viper': 'viper/VIPeR/{cam_a,cam_b}/',
-    'grid': 'grid/underground_reid/{probe,gallery,features_and_partitions.mat}',
-}
-LAYOUTS['cuhk01_seeded'] = LAYOUTS['cuhk01_tune'] = LAYOUTS['cuhk01_val'] = LAYOUTS['cuhk01']  # the same images
+from .cuhk01 import CUHK01, CUHK01Tuning, CUHK01Validation  # noqa: E402  (re-exported)
+from .synthetic import SynthReID, SynthReIDTiny  # noqa: E402
+
+__all__ = ['CUHK01', 'CUHK01Tuning', 'CUHK01Validation', 'SynthReID', 'SynthReIDTiny',
+           'DATASETS', 'register_dataset', 'register_datasets', 'check_datasets']
 
 
 def register_datasets() -> None:
-    """Registers the ``synthreid`` presets and CUHK01 with seeded splits under names of
-    its own (``cuhk01_seeded``, ``cuhk01_tune``, ``cuhk01_val``; torchreid's ``cuhk01``
-    keeps its meaning); idempotent."""
-    _torchreid.register_image_dataset('synthreid', SynthReID)
-    _torchreid.register_image_dataset('synthreid_tiny', SynthReIDTiny)
-    _torchreid.register_image_dataset('cuhk01_seeded', CUHK01)
-    _torchreid.register_image_dataset('cuhk01_tune', CUHK01Tuning)
-    _torchreid.register_image_dataset('cuhk01_val', CUHK01Validation)
+    """Registers every dataset of :data:`DATASETS` in torchreid's factory under its own
+    name (torchreid's ``cuhk01`` keeps its meaning); idempotent."""
+    for name, cls in DATASETS.items():
+        _torchreid.register_image_dataset(name, cls)
 
 
 def check_datasets(names: List[str], root: str, split_id: int = 0) -> None:
@@ -49,8 +42,8 @@ def check_datasets(names: List[str], root: str, split_id: int = 0) -> None:
             raise ConfigError(f'unknown dataset {name!r}; torchreid knows: {", ".join(sorted(factory))}')
         if hasattr(factory[name], 'identities'):  # seeded splits: the dataset checks its ids
             factory[name].identities(split_id)
-        if name in PRESETS:
-            continue  # drawn on first use
+        if name in DATASETS and name not in LAYOUTS:
+            continue  # draws itself on first use
         folder = os.path.join(os.path.abspath(os.path.expanduser(root)),
                               getattr(factory[name], 'dataset_dir', name))
         if not os.path.isdir(folder):

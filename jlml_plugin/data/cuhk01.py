@@ -29,6 +29,7 @@ from typing import Dict, List, Tuple
 
 from .. import _torchreid
 from ..errors import ConfigError, DataError
+from .registry import LAYOUTS, register_dataset
 
 __all__ = ['CUHK01', 'CUHK01Tuning', 'CUHK01Validation', 'SEED', 'NUM_SPLITS',
            'BOARD_PARTITIONS', 'partition', 'tuning_partition', 'validation_partition',
@@ -113,6 +114,7 @@ def make_split(split_id: int, file_names: List[str],
                 num_query_pids=len(test_ids), num_gallery_pids=len(test_ids))
 
 
+@register_dataset('cuhk01_seeded', LAYOUTS['cuhk01'])  # torchreid's images
 class CUHK01(_torchreid.data.ImageDataset):
     """CUHK01 (Li et al., ACCV 2012): 971 identities, 2 camera views, 2 images per view.
 
@@ -142,6 +144,7 @@ class CUHK01(_torchreid.data.ImageDataset):
                          resolve(split['gallery']), **kwargs)
 
 
+@register_dataset('cuhk01_tune', LAYOUTS['cuhk01'])
 class CUHK01Tuning(CUHK01):
     """``cuhk01_tune``: for model selection. Trains on 385 identities and evaluates on 100
     that train in every board partition (:func:`tuning_partition`); split id 0 queries
@@ -153,6 +156,7 @@ class CUHK01Tuning(CUHK01):
         return tuning_partition()
 
 
+@register_dataset('cuhk01_val', LAYOUTS['cuhk01'])
 class CUHK01Validation(CUHK01):
     """``cuhk01_val``, superseded by ``cuhk01_tune``: split ``split_id`` trains on 385 of
     its partition's training identities and evaluates on the other 100. Those 100 are

@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 from .. import _torchreid
+from .registry import register_dataset
 
 __all__ = ['SynthSpec', 'PRESETS', 'SynthReID', 'SynthReIDTiny', 'generate', 'draw_person',
            'dataset_folder']
@@ -299,6 +300,7 @@ def scan(folder: str, split: str) -> List[Tuple[str, int, int]]:
     return items
 
 
+@register_dataset('synthreid')
 class SynthReID(_torchreid.data.ImageDataset):
     """The ``synthreid`` preset as a torchreid dataset; ``split_id`` offsets the seed."""
     preset = 'synthreid'
@@ -312,6 +314,7 @@ class SynthReID(_torchreid.data.ImageDataset):
                          scan(self.dataset_dir, 'gallery'), **kwargs)
 
 
+@register_dataset('synthreid_tiny')
 class SynthReIDTiny(SynthReID):
     """``synthreid_tiny``: a few dozen 64x32 images, for tests and smoke runs."""
     preset = 'synthreid_tiny'
