@@ -1,9 +1,9 @@
-"""How a loss becomes an optimizer step: mixed precision, and the stop on a diverged loss.
+"""How a step computes: mixed precision, the memory format, and the stop on a diverged loss.
 
 :class:`MixedPrecision` is fast-reid's ``AMPTrainer`` step as a small object: autocast in
 bf16 or fp16, and for fp16 a ``GradScaler``, which skips a step whose gradients
-overflow. :class:`NonFiniteGuard` stops training with one clear line when the loss is no
-longer a number.
+overflow. :func:`to_channels_last` puts a model in NHWC. :class:`NonFiniteGuard` stops
+training with one clear line when the loss is no longer a number.
 """
 from __future__ import annotations
 
@@ -15,12 +15,24 @@ import torch
 
 from .errors import ConfigError, NonFiniteLossError
 
-__all__ = ['AMP_MODES', 'MAX_SKIPPED_STEPS', 'check_amp', 'MixedPrecision', 'NonFiniteGuard']
+__all__ = ['AMP_MODES', 'MAX_SKIPPED_STEPS', 'check_amp', 'MixedPrecision', 'NonFiniteGuard',
+           'to_channels_last']
 
 AMP_MODES = {'off': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 #: With fp16, this many non-finite losses in a row (each step skipped by GradScaler) stop
 #: training; one alone is the scaler's routine overflow.
 MAX_SKIPPED_STEPS = 20
+
+
+def to_channels_last(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` in the channels_last (NHWC) memory format, its adaptive pools' outputs made
+    contiguous: torchreid's heads flatten them with ``.view``, which fails on an NHWC
+    tensor whose pooled grid is larger than 1x1 (PCB's part pooling, 4x1 or 6x1). Those
+    outputs are small, so the copy costs nothing that shows."""
+    for module in model.modules():
+        if isinstance(module, (torch.nn.AdaptiveAvgPool2d, torch.nn.AdaptiveMaxPool2d)):
+            module.register_forward_hook(lambda module, inputs, output: output.contiguous())
+    return model.to(memory_format=torch.channels_last)
 
 
 def check_amp(mode: str) -> None:

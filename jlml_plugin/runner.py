@@ -29,7 +29,7 @@ from .distributed import (DistInfo, barrier, distributed_train_loader, init_from
                           is_main_process, launched_by_torchrun, per_rank_batch)
 from .engine import JLMLEngine, JLMLTripletEngine, TrainingResult
 from .hooks import Hook, default_hooks
-from .precision import check_amp
+from .precision import check_amp, to_channels_last
 from .errors import ConfigError
 from . import models
 from .models import MODELS, default_cfgs
@@ -240,7 +240,7 @@ def place_model(cfg: CN, model: torch.nn.Module, device: torch.device,
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(device)
     if cfg.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        model = to_channels_last(model)
     regularizer = build_regularizer(cfg, model)
     if distributed:
         model = torch.nn.parallel.DistributedDataParallel(

@@ -20,7 +20,7 @@ from .hooks import EvalHook, PeriodicCheckpoint
 from .metrics import evaluate_rank
 from .models import MODELS, build
 from .models.reference import LoopedLocalBranch
-from .precision import AMP_MODES
+from .precision import AMP_MODES, to_channels_last
 from .regularizers import jlml_sparsity
 
 __all__ = ['build_bench_model', 'seconds_per_call', 'speed', 'loop_speed', 'loader_speed',
@@ -85,7 +85,7 @@ def speed(models: List[str], height: int, width: int, batch: int, warmup: int = 
             held = torch.cuda.memory_allocated(dev)
         model = build_bench_model(name, num_classes)
         params, flops = _tr.utils.compute_model_complexity(model, (1, 3, height, width))
-        model = model.to(dev, memory_format=fmt)
+        model = to_channels_last(model.to(dev)) if channels_last else model.to(dev)
         engine = _engine(model, num_classes, amp, channels_last)
         if compile:
             engine.model = torch.compile(model)
@@ -250,7 +250,8 @@ def profile(model_name: str, height: int, width: int, batch: int, steps: int = 3
     training step."""
     from torch.profiler import ProfilerActivity, profile as torch_profile
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model = build_bench_model(model_name, 751).to(memory_format=fmt).train()
+    model = build_bench_model(model_name, 751).train()
+    model = to_channels_last(model) if channels_last else model
     engine = _engine(model, 751, 'off', channels_last)
     batch_data = {'img': torch.randn(batch, 3, height, width).to(memory_format=fmt),
                   'pid': torch.randint(0, 751, (batch,))}

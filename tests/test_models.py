@@ -312,3 +312,28 @@ def test_build_is_the_one_way_from_a_name_to_a_model():
         build('jlmll', 7)
     with pytest.raises(ConfigError, match=r"osnet_x0_25 is a torchreid model and takes none of \['num_stripes'\]"):
         build('osnet_x0_25', 7, num_stripes=2)
+
+
+def _board_models():
+    from jlml_plugin.leaderboard import load_leaderboard
+    spec = load_leaderboard(os.path.join(os.path.dirname(os.path.dirname(__file__)),
+                                         'configs', 'leaderboard', 'cuhk01.yaml'))
+    return sorted({entry if isinstance(entry, str) else entry['name'] for entry in spec['models']})
+
+
+@pytest.mark.parametrize('name', _board_models())
+def test_every_board_model_trains_and_extracts_in_channels_last(name):
+    # torchreid's PCB flattens its 4x1 part pooling with .view, which fails on NHWC
+    # tensors unless the pooled output is made contiguous (precision.to_channels_last).
+    from jlml_plugin.models import build
+    from jlml_plugin.precision import to_channels_last
+    torch.manual_seed(0)
+    model = to_channels_last(build(name, 5))
+    images = torch.randn(2, 3, 160, 64).contiguous(memory_format=torch.channels_last)
+    outputs = model.train()(images)
+    first = outputs[0] if isinstance(outputs, (tuple, list)) else outputs
+    first = first[0] if isinstance(first, (tuple, list)) else first
+    first.float().sum().backward()
+    with torch.no_grad():
+        features = model.eval()(images)
+    assert features.dim() == 2 and features.shape[0] == 2
