@@ -6,7 +6,7 @@ Each model's curve is its mean over the splits it ran; ablations are dashed.
 """
 import argparse
 
-from jlml_plugin import report
+from jlml_plugin.tools import report
 
 
 def main():

@@ -10,7 +10,7 @@ import argparse
 
 import torch
 
-from jlml_plugin import SparsityHook, SparsityTerm, group_lasso, torchreid
+from jlml_plugin import SparsityRegularizer, SparsityTerm, group_lasso, torchreid
 from jlml_plugin.engine import JLMLEngine
 from jlml_plugin.hooks import default_hooks
 
@@ -31,7 +31,7 @@ def main():
         batch_size_train=16, workers=0, use_gpu=False)
     model = torchreid.models.build_model('osnet_x0_25', datamanager.num_train_pids,
                                          pretrained=False, use_gpu=False)
-    hook = SparsityHook(model, [SparsityTerm('reg_fc', 'fc.0.weight', 'group_lasso',
+    hook = SparsityRegularizer(model, [SparsityTerm('reg_fc', 'fc.0.weight', 'group_lasso',
                                              args.weight)])
     weight = model.fc[0].weight
     before = group_lasso(weight).item()

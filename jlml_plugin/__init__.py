@@ -22,7 +22,7 @@ from .features import CheckpointFeatureExtractor, load_feature_model
 from .metrics import RankResult, evaluate_rank, evaluate_torchreid
 from .models import MODELS, JLML, default_cfgs
 from .models import jlml, jlml_global, jlml_independent, jlml_local, jlml_resnet50, jlml_single_loss
-from .regularizers import (SparsityHook, SparsityTerm, exclusive_group_lasso, group_lasso,
+from .regularizers import (SparsityRegularizer, SparsityTerm, exclusive_group_lasso, group_lasso,
                            jlml_sparsity)
 
 __version__ = '0.1.0'
@@ -42,7 +42,7 @@ def register() -> None:
 
 register()
 
-__all__ = ['CheckpointFeatureExtractor', 'JLML', 'JLMLEngine', 'JLMLTripletEngine', 'MODELS', 'RankResult', 'SparsityHook', 'SparsityTerm', 'default_cfgs',
+__all__ = ['CheckpointFeatureExtractor', 'JLML', 'JLMLEngine', 'JLMLTripletEngine', 'MODELS', 'RankResult', 'SparsityRegularizer', 'SparsityTerm', 'default_cfgs',
            'evaluate_rank', 'exclusive_group_lasso', 'group_lasso', 'jlml', 'jlml_global',
            'jlml_independent', 'jlml_local', 'jlml_resnet50', 'jlml_single_loss',
            'jlml_sparsity', 'load_checkpoint', 'load_feature_model', 'register', 'register_model', 'torchreid']

@@ -1,6 +1,6 @@
 """Training across processes with torchrun and DistributedDataParallel.
 
-``torchrun --nproc_per_node=N -m jlml_plugin.train --config-file ...`` starts N ranks;
+``torchrun --nproc_per_node=N -m jlml_plugin.cli.train --config-file ...`` starts N ranks;
 each reads ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` from the environment (multi-node:
 torchrun's ``--nnodes``/``--node_rank``/``--rdzv-endpoint`` flags). ``train.batch_size``
 is the *global* batch: each rank takes ``batch_size / world_size`` samples per step, so

@@ -6,7 +6,7 @@ changes: the objective. Per step it computes
     L = sum_b w_b * CE_b(logits_b) + sum_t lambda_t * R_t
 
 with one identity loss per branch (torchreid's label-smoothing ``CrossEntropyLoss``) and
-the terms of a :class:`~jlml_plugin.regularizers.SparsityHook`, which are reported and
+the terms of a :class:`~jlml_plugin.regularizers.SparsityRegularizer`, which are reported and
 then minimised by their proximal step after each optimizer step. Models that name no
 losses (torchreid's baselines) get torchreid's own rule: one CE, averaged over a tuple
 of heads. :class:`JLMLTripletEngine` adds torchreid's batch-hard ``TripletLoss`` per
@@ -45,9 +45,10 @@ from .evaluation import draw_ranked_lists, evaluate_target
 from .hooks import EvalHook, Hook, Throughput, default_hooks
 from .metrics import RankResult
 from .precision import MixedPrecision, NonFiniteGuard
-from .regularizers import SparsityHook
+from .regularizers import SparsityRegularizer
 
-__all__ = ['JLMLEngine', 'JLMLTripletEngine', 'TrainingResult']
+__all__ = ['ENGINES', 'register_engine', 'JLMLEngine', 'JLMLTripletEngine', 'TrainingResult',
+           'check_loss_weights', 'check_run_options', 'check_triplet']
 
 _tr = _torchreid
 
@@ -70,8 +71,22 @@ class TrainingResult:
         return self.train_images / self.train_seconds if self.train_seconds else 0.0
 
 
+#: The engine of each ``loss.name``: a new loss kind is one engine class under
+#: :func:`register_engine`, with its rules in its ``check_config``.
+ENGINES: Dict[str, type] = {}
+
+
+def register_engine(loss_name: str):
+    """Registers an engine class as the one ``loss.name <loss_name>`` trains with."""
+    def register(cls):
+        ENGINES[loss_name] = cls
+        return cls
+    return register
+
+
+@register_engine('softmax')
 class JLMLEngine(_tr.engine.ImageSoftmaxEngine):
-    """Softmax multi-loss engine with a sparsity-regulariser hook.
+    """Softmax multi-loss engine with sparsity regularisers and their proximal step.
 
     Args beyond torchreid's ``ImageSoftmaxEngine`` (whose ``scheduler`` may be None):
         loss_weights: weight of each named identity loss (``{'global': w_g, 'local': w_l}``;
@@ -88,7 +103,7 @@ class JLMLEngine(_tr.engine.ImageSoftmaxEngine):
 
     def __init__(self, datamanager, model, optimizer, scheduler=None, use_gpu: bool = True,
                  label_smooth: bool = True, loss_weights: Optional[Dict[str, float]] = None,
-                 regularizer: Optional[SparsityHook] = None, amp: str = 'off',
+                 regularizer: Optional[SparsityRegularizer] = None, amp: str = 'off',
                  channels_last: bool = False, meta: Optional[Dict[str, Any]] = None,
                  single_shot: bool = False, hooks: Optional[List[Hook]] = None) -> None:
         super().__init__(datamanager, model, optimizer, scheduler=scheduler, use_gpu=use_gpu,
@@ -98,6 +113,7 @@ class JLMLEngine(_tr.engine.ImageSoftmaxEngine):
         #: One identity loss per name. A model that names none is a torchreid baseline.
         self.loss_names: Tuple[str, ...] = tuple(getattr(self.net, 'loss_names', ()))
         self.loss_weights = dict(loss_weights or {})
+        check_loss_weights(self.loss_weights)
         self.regularizer = regularizer
         self.precision = MixedPrecision(amp, self.device.type)
         self.guard = NonFiniteGuard.for_amp(amp)
@@ -108,6 +124,40 @@ class JLMLEngine(_tr.engine.ImageSoftmaxEngine):
         self.throughput = Throughput()
         self.hooks: List[Hook] = [self.throughput, *(default_hooks(self.main) if hooks is None
                                                      else hooks)]
+
+    @staticmethod
+    def config_kwargs(cfg) -> Dict[str, Any]:
+        """The constructor arguments this engine reads from a config (its own keys)."""
+        return dict(use_gpu=cfg.use_gpu, label_smooth=cfg.loss.softmax.label_smooth,
+                    loss_weights={'global': cfg.jlml.weight_global,
+                                  'local': cfg.jlml.weight_local},
+                    amp=cfg.train.amp, channels_last=cfg.train.channels_last,
+                    single_shot=cfg.test.single_shot)
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        """The rules on this engine's keys, checked before anything is built."""
+        check_loss_weights({'global': cfg.jlml.weight_global, 'local': cfg.jlml.weight_local})
+        check_run_options(cfg.test.visrank, cfg.test.evaluate)
+
+    @classmethod
+    def from_config(cls, cfg, datamanager, model, optimizer, **kwargs) -> 'JLMLEngine':
+        """The engine for ``cfg`` (detectron2's ``from_config``); ``kwargs`` (scheduler,
+        regularizer, meta, hooks) are what the config alone does not give."""
+        return cls(datamanager, model, optimizer, **cls.config_kwargs(cfg), **kwargs)
+
+    @staticmethod
+    def run_kwargs(cfg) -> Dict[str, Any]:
+        """:meth:`run`'s arguments from a config, as torchreid's main.py maps them."""
+        return dict(
+            save_dir=cfg.data.save_dir, max_epoch=cfg.train.max_epoch,
+            start_epoch=cfg.train.start_epoch, fixbase_epoch=cfg.train.fixbase_epoch,
+            open_layers=cfg.train.open_layers, start_eval=cfg.test.start_eval,
+            eval_freq=cfg.test.eval_freq, test_only=cfg.test.evaluate,
+            print_freq=cfg.train.print_freq, dist_metric=cfg.test.dist_metric,
+            normalize_feature=cfg.test.normalize_feature, visrank=cfg.test.visrank,
+            visrank_topk=cfg.test.visrank_topk, use_metric_cuhk03=cfg.cuhk03.use_metric_cuhk03,
+            ranks=cfg.test.ranks, rerank=cfg.test.rerank)
 
     def _call_hooks(self, point: str, *args) -> None:
         for hook in self.hooks:
@@ -166,9 +216,7 @@ class JLMLEngine(_tr.engine.ImageSoftmaxEngine):
         by the hooks (evaluations by :class:`~jlml_plugin.hooks.EvalHook`, checkpoints by
         :class:`~jlml_plugin.hooks.PeriodicCheckpoint`); returns the outcome, with the
         last evaluation's results if an ``EvalHook`` ran."""
-        if visrank and not test_only:
-            raise ConfigError('test.visrank needs test.evaluate True (torchreid draws ranked '
-                              'lists only in test-only runs)')
+        check_run_options(visrank, test_only)
         self.save_dir, self.eval_freq, self.start_eval = save_dir, eval_freq, start_eval
         self.test_kwargs = dict(dist_metric=dist_metric, normalize_feature=normalize_feature,
                                 visrank=visrank, visrank_topk=visrank_topk, save_dir=save_dir,
@@ -266,6 +314,7 @@ class JLMLEngine(_tr.engine.ImageSoftmaxEngine):
         return self.net(input).float()
 
 
+@register_engine('triplet')
 class JLMLTripletEngine(JLMLEngine):
     """:class:`JLMLEngine` plus torchreid's batch-hard ``TripletLoss`` on each branch's
     feature: ``L = weight_x * sum_b w_b CE_b + weight_t * sum_b w_b T_b + regularisers``.
@@ -277,14 +326,22 @@ class JLMLTripletEngine(JLMLEngine):
                  weight_t: float = 1.0, weight_x: float = 1.0, **kwargs) -> None:
         super().__init__(datamanager, model, optimizer, **kwargs)
         sampler = getattr(self.train_loader, 'sampler', None)
-        if not isinstance(sampler, (_tr.data.sampler.RandomIdentitySampler,
-                                    DistributedIdentitySampler)):
-            raise ConfigError('the triplet loss needs identity-balanced batches: set '
-                              'sampler.train_sampler RandomIdentitySampler')
-        if weight_t <= 0 and weight_x <= 0:
-            raise ConfigError('loss.triplet.weight_t and weight_x are both 0: nothing to train')
+        check_triplet(isinstance(sampler, (_tr.data.sampler.RandomIdentitySampler,
+                                           DistributedIdentitySampler)), weight_t, weight_x)
         self.weight_t, self.weight_x = weight_t, weight_x
         self.criterion_t = _tr.losses.TripletLoss(margin=margin)
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        super().check_config(cfg)
+        check_triplet(cfg.sampler.train_sampler == 'RandomIdentitySampler',
+                      cfg.loss.triplet.weight_t, cfg.loss.triplet.weight_x,
+                      cfg.train.fixbase_epoch)
+
+    @staticmethod
+    def config_kwargs(cfg) -> Dict[str, Any]:
+        return dict(JLMLEngine.config_kwargs(cfg), margin=cfg.loss.triplet.margin,
+                    weight_t=cfg.loss.triplet.weight_t, weight_x=cfg.loss.triplet.weight_x)
 
     def compute_losses(self, outputs, pids) -> Tuple[torch.Tensor, Dict[str, float]]:
         logits, feats = outputs
@@ -303,6 +360,34 @@ class JLMLTripletEngine(JLMLEngine):
                     total = total + self.weight_t * self.loss_weights.get(name, 1.0) * loss_t
                     summary[f'loss_t_{name}'] = loss_t.item()
         return total, summary
+
+
+def check_run_options(visrank: bool, test_only: bool) -> None:
+    """``run()``'s one rule of its own: torchreid draws ranked lists only in test-only runs."""
+    if visrank and not test_only:
+        raise ConfigError('test.visrank needs test.evaluate True (torchreid draws ranked '
+                          'lists only in test-only runs)')
+
+
+def check_loss_weights(weights: Dict[str, float]) -> None:
+    """Each branch's identity-loss weight (``jlml.weight_global``/``weight_local``) >= 0."""
+    for name, weight in weights.items():
+        if weight < 0:
+            raise ConfigError(f'jlml.weight_{name} must be >= 0, got {weight}')
+
+
+def check_triplet(identity_balanced: bool, weight_t: float, weight_x: float,
+                  fixbase_epoch: int = 0) -> None:
+    """What :class:`JLMLTripletEngine` needs: identity-balanced batches (each holds
+    positives), a loss to train, and a classifier when the base is frozen first."""
+    if not identity_balanced:
+        raise ConfigError('the triplet loss needs identity-balanced batches: set '
+                          'sampler.train_sampler RandomIdentitySampler')
+    if weight_t <= 0 and weight_x <= 0:
+        raise ConfigError('loss.triplet.weight_t and weight_x are both 0: nothing to train')
+    if weight_x == 0 and fixbase_epoch > 0:
+        raise ConfigError('train.fixbase_epoch must be 0 when loss.triplet.weight_x is 0 '
+                          '(there is no classifier to train alone)')
 
 
 def _named(outputs, names: Tuple[str, ...], what: str) -> Tuple[torch.Tensor, ...]:

@@ -49,7 +49,10 @@ def evaluate_target(name: str, loaders, extract: Callable[[torch.Tensor], torch.
     """Evaluates target ``name`` (``loaders``: its ``query`` and ``gallery`` loaders) and
     prints the result; returns it with the distance matrix. ``single_shot`` adds
     torchreid's cuhk03 metric (one gallery image per identity, 10 draws) to
-    ``result.extra``."""
+    ``result.extra``. Unless the features are already L2-normalised, ``result.extra`` also
+    holds ``l2norm_rank1`` and ``l2norm_mAP``: the same features L2-normalised as whole
+    vectors, which weighs every dimension's scale out of the distance (how a feature
+    layer's scale, which sparsity terms change, moves the score)."""
     print(f'##### Evaluating {name} #####')
     qf, q_pids, q_camids = extract_all(loaders['query'], extract, device, 'query')
     gf, g_pids, g_camids = extract_all(loaders['gallery'], extract, device, 'gallery')
@@ -63,6 +66,12 @@ def evaluate_target(name: str, loaders, extract: Callable[[torch.Tensor], torch.
             _tr.metrics.compute_distance_matrix(gf, gf, dist_metric).numpy())
     result = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids,
                            max_rank=max(50, *ranks), use_metric_cuhk03=use_metric_cuhk03)
+    if not normalize_feature:
+        unit = _tr.metrics.compute_distance_matrix(F.normalize(qf, p=2, dim=1),
+                                                   F.normalize(gf, p=2, dim=1), dist_metric)
+        normalised = evaluate_rank(unit.numpy(), q_pids, g_pids, q_camids, g_camids,
+                                   max_rank=1, use_metric_cuhk03=use_metric_cuhk03)
+        result.extra.update(l2norm_rank1=normalised.rank(1), l2norm_mAP=normalised.mAP)
     if single_shot and not use_metric_cuhk03:
         single = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids,
                                use_metric_cuhk03=True)
@@ -79,6 +88,9 @@ def print_result(name: str, result: RankResult, ranks: Sequence[int], shape: str
     print('CMC curve')
     for r in ranks:
         print(f'Rank-{r:<3}: {result.rank(r):.1%}')
+    if 'l2norm_rank1' in result.extra:
+        print(f'L2-normalised features: Rank-1 {result.extra["l2norm_rank1"]:.1%}  '
+              f'mAP {result.extra["l2norm_mAP"]:.1%}')
     if 'single_shot_rank1' in result.extra:
         print('Single-shot (one gallery image per identity, 10 draws): ' + ', '.join(
             f'Rank-{r} {result.extra[f"single_shot_rank{r}"]:.1%}' for r in SINGLE_SHOT_RANKS))

@@ -34,7 +34,7 @@ __all__ = ['PerQuery', 'RankResult', 'evaluate_rank', 'evaluate_torchreid']
 @dataclass
 class PerQuery:
     """Each valid query's outcome, in query order: enough to recompute Rank-k and mAP, and
-    to pair two models query by query (:mod:`jlml_plugin.stats`)."""
+    to pair two models query by query (:mod:`jlml_plugin.tools.stats`)."""
     index: np.ndarray       # position in the query list
     pid: np.ndarray         # identity
     first_rank: np.ndarray  # 1-based rank of the first correct match (all-gallery CMC)

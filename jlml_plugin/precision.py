@@ -35,10 +35,13 @@ def to_channels_last(model: torch.nn.Module) -> torch.nn.Module:
     return model.to(memory_format=torch.channels_last)
 
 
-def check_amp(mode: str) -> None:
-    """The one check of ``train.amp`` (the runner's config check and the engine share it)."""
+def check_amp(mode: str, on_gpu: bool = True) -> None:
+    """The one check of ``train.amp`` (the runner's config check and the engine share it):
+    a known mode, and fp16 only where a GPU runs it (its GradScaler is for CUDA)."""
     if mode not in AMP_MODES:
         raise ConfigError(f'train.amp must be one of {list(AMP_MODES)}, got {mode!r}')
+    if mode == 'fp16' and not on_gpu:
+        raise ConfigError('train.amp fp16 needs a GPU; use bf16 on the CPU')
 
 
 class MixedPrecision:

@@ -18,7 +18,7 @@ entry its own group) and ``ridge`` (``1/2 ||W||_F^2``, no sparsity).
 The terms are minimised by a **proximal step** after each optimizer step: the optimizer
 takes the identity losses' step ``W - step * d`` (``d``: SGD's gradient or momentum,
 Adam's bias-corrected first moment; ``step``: SGD's ``lr``, Adam's per-entry
-``lr / (sqrt(v_hat) + eps)``), then :meth:`SparsityHook.proximal_step` applies each
+``lr / (sqrt(v_hat) + eps)``), then :meth:`SparsityRegularizer.proximal_step` applies each
 term's proximal operator **in the metric of those per-entry step sizes**
 (variable-metric forward-backward splitting; ProxGen, Yun et al., NeurIPS 2021):
 
@@ -31,7 +31,7 @@ were added to it. It sets groups (group LASSO), entries (exclusive group LASSO, 
 exact zeros, where a subgradient in the loss would make them oscillate around zero.
 An entry that gets no loss gradient has a huge Adam step size, so a small metric weight:
 it cannot inflate its group's threshold (``tests/test_regularizers.py`` checks both).
-Weight decay does not act on the penalised layers (:meth:`SparsityHook.own_weight_decay`):
+Weight decay does not act on the penalised layers (:meth:`SparsityRegularizer.own_weight_decay`):
 their term is their regulariser.
 """
 from __future__ import annotations
@@ -47,7 +47,8 @@ from .errors import ConfigError
 
 __all__ = ['group_lasso', 'exclusive_group_lasso', 'l1', 'ridge', 'prox_group_lasso',
            'prox_exclusive_group_lasso', 'prox_l1', 'prox_ridge', 'selection_norms', 'REGULARIZERS', 'SparsityTerm',
-           'SparsityHook', 'jlml_terms', 'jlml_sparsity', 'LAMBDA_GLOBAL', 'LAMBDA_LOCAL']
+           'SparsityRegularizer', 'check_term', 'jlml_terms', 'jlml_sparsity', 'LAMBDA_GLOBAL',
+           'LAMBDA_LOCAL']
 
 #: Default weights (ours; the paper's are unknown), chosen on cuhk01_val (BENCHMARKS.md):
 #: 30 x 5e-4 for the global term and 300 x 5e-7 for the local one. At 1 x, each weighted
@@ -236,9 +237,19 @@ class SparsityTerm:
     groups: int = 1
 
 
-class SparsityHook:
+def check_term(name: str, kind: str, weight: float) -> None:
+    """The one check of a term's ``kind`` and ``weight`` (``jlml.reg_*`` in a config)."""
+    if kind not in REGULARIZERS:
+        raise ConfigError(f'unknown regulariser kind {kind!r} for {name}; '
+                          f'choose one of {sorted(REGULARIZERS)}')
+    if weight < 0:
+        raise ConfigError(f'{name}: the regulariser weight must be >= 0, got {weight}')
+
+
+class SparsityRegularizer:
     """Weighted sparsity terms on named parameters. The engine reports them every step
-    (``hook()``) and minimises them with :meth:`proximal_step` after each optimizer step.
+    (:meth:`report`) and minimises them with :meth:`proximal_step` after each optimizer
+    step; calling it gives the terms as tensors.
 
     It works on any model's named parameters (e.g. osnet's ``fc.0.weight``), also
     inside ``DataParallel``/``DistributedDataParallel`` (the ``module.`` prefix is
@@ -246,10 +257,11 @@ class SparsityHook:
 
     Example::
 
-        hook = SparsityHook(model, [SparsityTerm('reg_fc', 'fc.0.weight', 'group_lasso', 5e-4)])
-        total, values = hook()   # the weighted sum (None when every weight is 0), each term
+        regularizer = SparsityRegularizer(
+            model, [SparsityTerm('reg_fc', 'fc.0.weight', 'group_lasso', 5e-4)])
+        total, values = regularizer()  # the weighted sum (None when every weight is 0), each term
         optimizer.step()
-        hook.proximal_step(optimizer)
+        regularizer.proximal_step(optimizer)
     """
 
     def __init__(self, model: nn.Module, terms: Sequence[SparsityTerm]) -> None:
@@ -257,12 +269,7 @@ class SparsityHook:
         stripped = {k[len('module.'):]: v for k, v in params.items() if k.startswith('module.')}
         self.terms: List[Tuple[SparsityTerm, nn.Parameter]] = []
         for term in terms:
-            if term.kind not in REGULARIZERS:
-                raise ConfigError(f'unknown regulariser kind {term.kind!r} for {term.name}; '
-                                  f'choose one of {sorted(REGULARIZERS)}')
-            if term.weight < 0:
-                raise ConfigError(f'{term.name}: the regulariser weight must be >= 0, '
-                                  f'got {term.weight}')
+            check_term(term.name, term.kind, term.weight)
             param = params.get(term.param, stripped.get(term.param))
             if param is None:
                 close = difflib.get_close_matches(term.param, list(stripped or params), n=3)
@@ -344,7 +351,7 @@ def jlml_terms(model: nn.Module, weight_global: float = LAMBDA_GLOBAL,
 
 
 def jlml_sparsity(model: nn.Module, weight_global: float = LAMBDA_GLOBAL,
-                  weight_local: float = LAMBDA_LOCAL) -> Optional[SparsityHook]:
+                  weight_local: float = LAMBDA_LOCAL) -> Optional[SparsityRegularizer]:
     """A hook with :func:`jlml_terms`; None when no term has a weight above 0."""
-    hook = SparsityHook(model, jlml_terms(model, weight_global, weight_local))
-    return hook if hook else None
+    regularizer = SparsityRegularizer(model, jlml_terms(model, weight_global, weight_local))
+    return regularizer if regularizer else None

@@ -1,11 +1,13 @@
 """From a config to a finished run, the way torchreid's ``scripts/main.py`` does it.
 
-:func:`validate` checks a whole config before any work starts; :func:`train` then
-runs the builders in order, each one step to read and test alone:
-:func:`build_datamanager` (torchreid's), :func:`build_model` (JLML models with the
-``jlml`` keys, any other through torchreid's ``build_model``), :func:`place_model`
-(device, DDP, sparsity terms) and :func:`build_engine` (torchreid's optimizer and
-scheduler, the engine); then it resumes and runs the engine. The ``jlml-train`` and
+:func:`validate` checks a whole config before any work starts (each rule lives beside the
+code that reads its keys; it only calls them). :meth:`Trainer.train` then runs the
+builders in order, each one step to read, test and override alone:
+``build_datamanager`` (torchreid's), ``build_model`` (JLML models with the ``jlml`` keys,
+any other through torchreid's ``build_model``), ``place_model`` (device, DDP, sparsity
+terms), ``build_optimizer`` (torchreid's optimizer and scheduler), ``build_hooks`` and
+``build_engine`` (the engine for ``loss.name``, which reads its own keys); then it
+resumes and runs the engine. The ``jlml-train`` and
 ``jlml-leaderboard`` commands both come through here, so a baseline and JLML follow
 exactly the same path.
 """
@@ -13,10 +15,12 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 import yaml
 from yacs.config import CfgNode as CN
@@ -27,20 +31,18 @@ from .config import config_changes, flatten, get_cfg, load_config, trained_confi
 from .data import check_datasets
 from .distributed import (DistInfo, barrier, distributed_train_loader, init_from_env,
                           is_main_process, launched_by_torchrun, per_rank_batch)
-from .engine import JLMLEngine, JLMLTripletEngine, TrainingResult
+from .engine import ENGINES, JLMLEngine, TrainingResult
 from .hooks import Hook, default_hooks
 from .precision import check_amp, to_channels_last
 from .errors import ConfigError
 from . import models
 from .models import MODELS, default_cfgs
 from .models.jlml import ARCH_KEYS
-from .regularizers import REGULARIZERS, SparsityHook, SparsityTerm
+from .regularizers import SparsityRegularizer, SparsityTerm, check_term
 from ._files import atomic_write_text
-from .report import environment
 
-__all__ = ['validate', 'build_datamanager', 'build_model', 'build_regularizer', 'place_model',
-           'build_engine', 'build_hooks', 'record_run', 'train', 'RunResult',
-           'model_kwargs']
+__all__ = ['validate', 'Trainer', 'train', 'record_run', 'RunResult', 'model_kwargs',
+           'environment']
 
 _tr = _torchreid
 
@@ -57,46 +59,26 @@ def _one_of(what: str, value: str, choices) -> None:
 
 def validate(cfg: CN, check_data: bool = True) -> None:
     """Raises a one-line :class:`ConfigError` (or ``DataError``) for a config that
-    cannot run, before anything is built."""
-    _one_of('model.name', cfg.model.name, sorted(_tr.model_factory()))
-    _one_of('loss.name', cfg.loss.name, ['softmax', 'triplet'])
+    cannot run, before anything is built. Each rule lives beside the code that reads its
+    keys; this only calls them, and names the choices torchreid offers."""
+    models.check_model(cfg.model.name)
+    models.check_height(cfg.model.name, cfg.data.height, cfg.jlml.num_stripes)
+    _one_of('loss.name', cfg.loss.name, sorted(ENGINES))
+    ENGINES[cfg.loss.name].check_config(cfg)
     _one_of('data.type', cfg.data.type, ['image'])
     _one_of('sampler.train_sampler', cfg.sampler.train_sampler, _tr.available_samplers())
     _one_of('train.optim', cfg.train.optim, _tr.available_optimizers())
     _one_of('train.lr_scheduler', cfg.train.lr_scheduler, _tr.available_schedulers())
-    check_optimizer(cfg)
-    check_amp(cfg.train.amp)
     _one_of('dist.backend', cfg.dist.backend, ['auto', 'nccl', 'gloo'])
     _one_of('test.dist_metric', cfg.test.dist_metric, ['euclidean', 'cosine'])
+    check_optimizer(cfg)
+    check_amp(cfg.train.amp, on_gpu=_use_gpu(cfg))
     for name in ('reg_global', 'reg_local'):
-        term = cfg.jlml[name]
-        _one_of(f'jlml.{name}.kind', term.kind, sorted(REGULARIZERS))
-        if term.weight < 0:
-            raise ConfigError(f'jlml.{name}.weight must be >= 0, got {term.weight}')
-    for key in ('weight_global', 'weight_local'):
-        if cfg.jlml[key] < 0:
-            raise ConfigError(f'jlml.{key} must be >= 0, got {cfg.jlml[key]}')
-    if cfg.train.amp == 'fp16' and not _use_gpu(cfg):
-        raise ConfigError('train.amp fp16 needs a GPU; use bf16 on the CPU')
+        check_term(f'jlml.{name}', cfg.jlml[name].kind, cfg.jlml[name].weight)
     if cfg.train.batch_size < 1 or cfg.test.batch_size < 1:
         raise ConfigError('train.batch_size and test.batch_size must be >= 1')
     if cfg.sampler.train_sampler == 'RandomIdentitySampler':
         per_rank_batch(cfg.train.batch_size, 1, cfg.sampler.num_instances)
-    elif cfg.loss.name == 'triplet':
-        raise ConfigError('loss.name triplet needs identity-balanced batches: set '
-                          'sampler.train_sampler RandomIdentitySampler')
-    if (cfg.loss.name == 'triplet' and cfg.loss.triplet.weight_x == 0
-            and cfg.train.fixbase_epoch > 0):
-        raise ConfigError('train.fixbase_epoch must be 0 when loss.triplet.weight_x is 0 '
-                          '(there is no classifier to train alone)')
-    if cfg.test.visrank and not cfg.test.evaluate:
-        raise ConfigError('test.visrank needs test.evaluate True')
-    if cfg.model.name in MODELS:
-        multiple = default_cfgs[cfg.model.name]['stem_stride'] * cfg.jlml.num_stripes
-        if cfg.data.height % multiple:
-            raise ConfigError(
-                f'data.height {cfg.data.height} cannot be split into jlml.num_stripes '
-                f'{cfg.jlml.num_stripes} stripes: use a multiple of {multiple}')
     for key in ('load_weights', 'resume'):
         path = cfg.model[key]
         if path and not os.path.isfile(path):
@@ -119,37 +101,6 @@ def model_kwargs(cfg: CN) -> Dict[str, Any]:
         kwargs.update({key: list(j[key]) if isinstance(j[key], (list, tuple)) else j[key]
                        for key in ARCH_KEYS})
     return kwargs
-
-
-def build_model(cfg: CN, num_classes: int) -> torch.nn.Module:
-    """A JLML model with the config's ``jlml`` keys, or any torchreid model by name."""
-    name = cfg.model.name
-    try:
-        return models.build(name, num_classes, loss=cfg.loss.name,
-                            pretrained=cfg.model.pretrained, use_gpu=cfg.use_gpu,
-                            **model_kwargs(cfg))
-    except OSError as exc:  # URLError, gdown/requests connection errors
-        if not cfg.model.pretrained:
-            raise
-        raise ConfigError(f'{name}: could not fetch its ImageNet weights ({type(exc).__name__});'
-                          f' put them in {torch.hub.get_dir()}/checkpoints or set '
-                          f'model.pretrained False') from exc
-
-
-def build_regularizer(cfg: CN, model: torch.nn.Module) -> Optional[SparsityHook]:
-    """The ``jlml.reg_*`` terms on ``model``; on a baseline only where ``param`` is set."""
-    defaults = getattr(model, 'sparsity_params', dict)()
-    stripes = getattr(model, 'num_stripes', 1)
-    terms = []
-    for name in ('reg_global', 'reg_local'):
-        c = cfg.jlml[name]
-        param = c.param or defaults.get(name)
-        if not param or c.weight == 0:
-            continue
-        groups = c.get('groups', 0) or (stripes if name == 'reg_local' else 1)
-        terms.append(SparsityTerm(name, param, c.kind, c.weight, groups))
-    hook = SparsityHook(model, terms)
-    return hook if hook else None
 
 
 @dataclass
@@ -212,121 +163,181 @@ def _resume_from(cfg: CN, resume_latest: bool) -> Tuple[Optional[str], Optional[
     return None, None
 
 
-def build_datamanager(cfg: CN, main: bool = True, distributed: bool = False):
-    """torchreid's ``ImageDataManager``; under DDP its train loader is split across ranks.
-    Rank 0 builds first (synthreid draws its images on first use) while the others wait."""
-    if main:
-        datamanager = _tr.data.ImageDataManager(**imagedata_kwargs(cfg))
-    barrier()
-    if not main:
-        datamanager = _tr.data.ImageDataManager(**imagedata_kwargs(cfg))
-    if distributed:
-        if cfg.train.fixbase_epoch > 0:
-            raise ConfigError('train.fixbase_epoch is not supported under DDP (frozen '
-                              'layers change the set of gradients DDP reduces)')
-        datamanager.train_loader = distributed_train_loader(
-            datamanager.train_loader, cfg.sampler.train_sampler, cfg.train.batch_size,
-            cfg.sampler.num_instances, cfg.train.seed)
-    return datamanager
+class Trainer:
+    """From a config to a finished run, as detectron2's ``DefaultTrainer``: :meth:`train`
+    calls the builders in order, and each is a classmethod that a subclass may override
+    alone (a new data manager, model, optimizer, engine or hook list) without copying
+    :meth:`train`::
 
+        class MyTrainer(Trainer):
+            @classmethod
+            def build_hooks(cls, cfg):
+                return super().build_hooks(cfg) + [MyHook()]
 
-def place_model(cfg: CN, model: torch.nn.Module, device: torch.device,
-                distributed: bool) -> Tuple[torch.nn.Module, Optional[SparsityHook]]:
-    """The model on its device (SyncBN, channels_last, DDP or DataParallel as configured)
-    and its sparsity terms, which name the parameters of the unwrapped model."""
-    if cfg.dist.sync_bn and distributed:
-        if device.type != 'cuda':
-            raise ConfigError('dist.sync_bn needs GPUs (NCCL); turn it off on the CPU')
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model = model.to(device)
-    if cfg.train.channels_last:
-        model = to_channels_last(model)
-    regularizer = build_regularizer(cfg, model)
-    if distributed:
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == 'cuda' else None)
-    elif _use_gpu(cfg) and torch.cuda.device_count() > 1:
-        model = torch.nn.DataParallel(model)
-    return model, regularizer
+        MyTrainer.train(cfg)
+    """
 
+    #: The engine for each ``loss.name`` (each reads its own keys: ``from_config``).
+    engines = ENGINES
 
-def build_engine(cfg: CN, datamanager, model: torch.nn.Module,
-                 regularizer: Optional[SparsityHook], distributed: bool = False) -> JLMLEngine:
-    """torchreid's optimizer and scheduler, and the engine for ``loss.name``, with the
-    checkpoint metadata that rebuilds the model later."""
-    opt_kwargs = optimizer_kwargs(cfg)
-    if distributed and cfg.dist.lr_reference_batch > 0:
-        opt_kwargs['lr'] = cfg.train.lr * cfg.train.batch_size / cfg.dist.lr_reference_batch
-    optimizer = _tr.optim.build_optimizer(model, **opt_kwargs)
-    if regularizer:  # the penalised layers' regulariser is their term, not weight decay
-        regularizer.own_weight_decay(optimizer)
-    scheduler = _tr.optim.build_lr_scheduler(optimizer, **lr_scheduler_kwargs(cfg))
-    meta = dict(model_name=cfg.model.name, num_classes=datamanager.num_train_pids,
-                loss=cfg.loss.name, input_size=[3, cfg.data.height, cfg.data.width],
-                mean=list(cfg.data.norm_mean), std=list(cfg.data.norm_std),
-                model_kwargs=model_kwargs(cfg),
-                sparsity=[asdict(term) for term, _ in regularizer.terms] if regularizer else [])
-    common = dict(scheduler=scheduler, use_gpu=cfg.use_gpu,
-                  label_smooth=cfg.loss.softmax.label_smooth,
-                  loss_weights={'global': cfg.jlml.weight_global, 'local': cfg.jlml.weight_local},
-                  regularizer=regularizer, amp=cfg.train.amp,
-                  channels_last=cfg.train.channels_last, meta=meta,
-                  single_shot=cfg.test.single_shot, hooks=build_hooks(cfg))
-    if cfg.loss.name == 'triplet':
-        return JLMLTripletEngine(datamanager, model, optimizer, margin=cfg.loss.triplet.margin,
-                                 weight_t=cfg.loss.triplet.weight_t,
-                                 weight_x=cfg.loss.triplet.weight_x, **common)
-    return JLMLEngine(datamanager, model, optimizer, **common)
-
-
-def build_hooks(cfg: CN) -> List[Hook]:
-    """The loop's hooks (progress, TensorBoard, evaluation, checkpoints), the checkpoint
-    cadence and how many are kept from ``train.checkpoint_freq`` and ``train.keep_checkpoints``."""
-    return default_hooks(is_main_process(), cfg.train.checkpoint_freq, cfg.train.keep_checkpoints)
-
-
-def train(cfg: CN, resume_latest: bool = False, dist_info: Optional[DistInfo] = None) -> RunResult:
-    """Builds everything from ``cfg`` and runs it (training, or ``test.evaluate`` only)."""
-    wall_start = time.time()
-    distributed = dist_info is not None or launched_by_torchrun()
-    if distributed and dist_info is None:
-        dist_info = init_from_env(cfg.dist.backend, cfg.use_gpu)
-    main = is_main_process()
-    path, checkpoint = _resume_from(cfg, resume_latest)
-    if main:
-        if path and not cfg.model.resume:
-            check_resumable(cfg)
-        record_run(cfg)
-    _tr.utils.set_random_seed(cfg.train.seed)
-    if cfg.train.deterministic:
-        use_deterministic_kernels()
-
-    datamanager = build_datamanager(cfg, main, distributed)
-    model = build_model(cfg, datamanager.num_train_pids)
-    num_params, flops = _tr.utils.compute_model_complexity(
-        model, (1, 3, cfg.data.height, cfg.data.width))
-    if main:
-        print(f'Model {cfg.model.name}: {num_params:,} params, {flops:,} FLOPs '
-              f'at {cfg.data.height}x{cfg.data.width}')
-    for layer in cfg.train.open_layers if cfg.train.fixbase_epoch > 0 else ():
-        if not hasattr(model, layer):
-            heads = [n for n, _ in model.named_children() if 'classifier' in n]
-            raise ConfigError(f'train.open_layers names {layer!r}, which {cfg.model.name} '
-                              f'lacks; its heads are {heads}')
-    if cfg.model.load_weights:
-        _tr.utils.load_pretrained_weights(model, cfg.model.load_weights)
-    device = dist_info.device if dist_info else torch.device('cuda' if _use_gpu(cfg) else 'cpu')
-    model, regularizer = place_model(cfg, model, device, distributed)
-    engine = build_engine(cfg, datamanager, model, regularizer, distributed)
-
-    run_kwargs = engine_run_kwargs(cfg)
-    if path:
-        run_kwargs['start_epoch'] = engine.resume(path, checkpoint)
+    @classmethod
+    def build_datamanager(cls, cfg: CN, main: bool = True, distributed: bool = False):
+        """torchreid's ``ImageDataManager``; under DDP its train loader is split across
+        ranks. Rank 0 builds first (synthreid draws its images on first use) while the
+        others wait."""
         if main:
-            print(f'Resumed from {path}: continuing at epoch {run_kwargs["start_epoch"] + 1}')
-    training = engine.run(**run_kwargs)
-    return RunResult(training, training.wall_seconds_before_resume + time.time() - wall_start,
-                     num_params, flops)
+            datamanager = _tr.data.ImageDataManager(**imagedata_kwargs(cfg))
+        barrier()
+        if not main:
+            datamanager = _tr.data.ImageDataManager(**imagedata_kwargs(cfg))
+        if distributed:
+            if cfg.train.fixbase_epoch > 0:
+                raise ConfigError('train.fixbase_epoch is not supported under DDP (frozen '
+                                  'layers change the set of gradients DDP reduces)')
+            datamanager.train_loader = distributed_train_loader(
+                datamanager.train_loader, cfg.sampler.train_sampler, cfg.train.batch_size,
+                cfg.sampler.num_instances, cfg.train.seed)
+        return datamanager
+
+    @classmethod
+    def build_model(cls, cfg: CN, num_classes: int) -> torch.nn.Module:
+        """A JLML model with the config's ``jlml`` keys, or any torchreid model by name."""
+        name = cfg.model.name
+        try:
+            return models.build(name, num_classes, loss=cfg.loss.name,
+                                pretrained=cfg.model.pretrained, use_gpu=cfg.use_gpu,
+                                **model_kwargs(cfg))
+        except OSError as exc:  # URLError, gdown/requests connection errors
+            if not cfg.model.pretrained:
+                raise
+            raise ConfigError(f'{name}: could not fetch its ImageNet weights '
+                              f'({type(exc).__name__}); put them in '
+                              f'{torch.hub.get_dir()}/checkpoints or set model.pretrained '
+                              f'False') from exc
+
+    @classmethod
+    def build_regularizer(cls, cfg: CN, model: torch.nn.Module) -> Optional[SparsityRegularizer]:
+        """The ``jlml.reg_*`` terms on ``model``; on a baseline only where ``param`` is set."""
+        defaults = getattr(model, 'sparsity_params', dict)()
+        stripes = getattr(model, 'num_stripes', 1)
+        terms = []
+        for name in ('reg_global', 'reg_local'):
+            c = cfg.jlml[name]
+            param = c.param or defaults.get(name)
+            if not param or c.weight == 0:
+                continue
+            groups = c.get('groups', 0) or (stripes if name == 'reg_local' else 1)
+            terms.append(SparsityTerm(name, param, c.kind, c.weight, groups))
+        regularizer = SparsityRegularizer(model, terms)
+        return regularizer if regularizer else None
+
+    @classmethod
+    def place_model(cls, cfg: CN, model: torch.nn.Module, device: torch.device,
+                    distributed: bool) -> Tuple[torch.nn.Module, Optional[SparsityRegularizer]]:
+        """The model on its device (SyncBN, channels_last, DDP or DataParallel as
+        configured) and its sparsity terms, which name the parameters of the unwrapped
+        model."""
+        if cfg.dist.sync_bn and distributed:
+            if device.type != 'cuda':
+                raise ConfigError('dist.sync_bn needs GPUs (NCCL); turn it off on the CPU')
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = model.to(device)
+        if cfg.train.channels_last:
+            model = to_channels_last(model)
+        regularizer = cls.build_regularizer(cfg, model)
+        if distributed:
+            model = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == 'cuda' else None)
+        elif _use_gpu(cfg) and torch.cuda.device_count() > 1:
+            model = torch.nn.DataParallel(model)
+        return model, regularizer
+
+    @classmethod
+    def build_optimizer(cls, cfg: CN, model: torch.nn.Module,
+                        regularizer: Optional[SparsityRegularizer], distributed: bool = False):
+        """torchreid's optimizer and lr scheduler; under DDP with ``dist.lr_reference_batch``
+        the lr scales with the global batch."""
+        opt_kwargs = optimizer_kwargs(cfg)
+        if distributed and cfg.dist.lr_reference_batch > 0:
+            opt_kwargs['lr'] = cfg.train.lr * cfg.train.batch_size / cfg.dist.lr_reference_batch
+        optimizer = _tr.optim.build_optimizer(model, **opt_kwargs)
+        if regularizer:  # the penalised layers' regulariser is their term, not weight decay
+            regularizer.own_weight_decay(optimizer)
+        return optimizer, _tr.optim.build_lr_scheduler(optimizer, **lr_scheduler_kwargs(cfg))
+
+    @classmethod
+    def build_hooks(cls, cfg: CN) -> List[Hook]:
+        """The loop's hooks (progress, TensorBoard, evaluation, checkpoints), the checkpoint
+        cadence and how many are kept from ``train.checkpoint_freq`` and
+        ``train.keep_checkpoints``."""
+        return default_hooks(is_main_process(), cfg.train.checkpoint_freq,
+                             cfg.train.keep_checkpoints)
+
+    @classmethod
+    def build_engine(cls, cfg: CN, datamanager, model: torch.nn.Module,
+                     regularizer: Optional[SparsityRegularizer], distributed: bool = False) -> JLMLEngine:
+        """The engine for ``loss.name`` with its optimizer, scheduler and hooks, and the
+        checkpoint metadata that rebuilds the model later."""
+        optimizer, scheduler = cls.build_optimizer(cfg, model, regularizer, distributed)
+        meta = dict(model_name=cfg.model.name, num_classes=datamanager.num_train_pids,
+                    loss=cfg.loss.name, input_size=[3, cfg.data.height, cfg.data.width],
+                    mean=list(cfg.data.norm_mean), std=list(cfg.data.norm_std),
+                    model_kwargs=model_kwargs(cfg),
+                    sparsity=[asdict(term) for term, _ in regularizer.terms] if regularizer
+                    else [])
+        return cls.engines[cfg.loss.name].from_config(
+            cfg, datamanager, model, optimizer, scheduler=scheduler, regularizer=regularizer,
+            meta=meta, hooks=cls.build_hooks(cfg))
+
+    @classmethod
+    def train(cls, cfg: CN, resume_latest: bool = False,
+              dist_info: Optional[DistInfo] = None) -> RunResult:
+        """Builds everything from ``cfg`` and runs it (training, or ``test.evaluate`` only)."""
+        wall_start = time.time()
+        distributed = dist_info is not None or launched_by_torchrun()
+        if distributed and dist_info is None:
+            dist_info = init_from_env(cfg.dist.backend, cfg.use_gpu)
+        main = is_main_process()
+        path, checkpoint = _resume_from(cfg, resume_latest)
+        if main:
+            if path and not cfg.model.resume:
+                check_resumable(cfg)
+            record_run(cfg)
+        _tr.utils.set_random_seed(cfg.train.seed)
+        if cfg.train.deterministic:
+            use_deterministic_kernels()
+
+        datamanager = cls.build_datamanager(cfg, main, distributed)
+        model = cls.build_model(cfg, datamanager.num_train_pids)
+        num_params, flops = _tr.utils.compute_model_complexity(
+            model, (1, 3, cfg.data.height, cfg.data.width))
+        if main:
+            print(f'Model {cfg.model.name}: {num_params:,} params, {flops:,} FLOPs '
+                  f'at {cfg.data.height}x{cfg.data.width}')
+        for layer in cfg.train.open_layers if cfg.train.fixbase_epoch > 0 else ():
+            if not hasattr(model, layer):
+                heads = [n for n, _ in model.named_children() if 'classifier' in n]
+                raise ConfigError(f'train.open_layers names {layer!r}, which {cfg.model.name} '
+                                  f'lacks; its heads are {heads}')
+        if cfg.model.load_weights:
+            _tr.utils.load_pretrained_weights(model, cfg.model.load_weights)
+        device = (dist_info.device if dist_info
+                  else torch.device('cuda' if _use_gpu(cfg) else 'cpu'))
+        model, regularizer = cls.place_model(cfg, model, device, distributed)
+        engine = cls.build_engine(cfg, datamanager, model, regularizer, distributed)
+
+        run_kwargs = engine.run_kwargs(cfg)
+        if path:
+            run_kwargs['start_epoch'] = engine.resume(path, checkpoint)
+            if main:
+                print(f'Resumed from {path}: continuing at epoch {run_kwargs["start_epoch"] + 1}')
+        training = engine.run(**run_kwargs)
+        return RunResult(training, training.wall_seconds_before_resume + time.time() - wall_start,
+                         num_params, flops)
+
+
+#: The default trainer's: what the commands and the leaderboard run.
+train = Trainer.train
 
 
 # ------------------------------------------------- the config as torchreid's arguments
@@ -384,13 +395,19 @@ def lr_scheduler_kwargs(cfg: CN) -> Dict[str, Any]:
                 gamma=cfg.train.gamma, max_epoch=cfg.train.max_epoch)
 
 
-def engine_run_kwargs(cfg: CN) -> Dict[str, Any]:
-    return dict(
-        save_dir=cfg.data.save_dir, max_epoch=cfg.train.max_epoch,
-        start_epoch=cfg.train.start_epoch, fixbase_epoch=cfg.train.fixbase_epoch,
-        open_layers=cfg.train.open_layers, start_eval=cfg.test.start_eval,
-        eval_freq=cfg.test.eval_freq, test_only=cfg.test.evaluate,
-        print_freq=cfg.train.print_freq, dist_metric=cfg.test.dist_metric,
-        normalize_feature=cfg.test.normalize_feature, visrank=cfg.test.visrank,
-        visrank_topk=cfg.test.visrank_topk, use_metric_cuhk03=cfg.cuhk03.use_metric_cuhk03,
-        ranks=cfg.test.ranks, rerank=cfg.test.rerank)
+def environment() -> Dict[str, Any]:
+    """What produced the numbers: versions, device, threads."""
+    if torch.cuda.is_available():
+        device = torch.cuda.get_device_name(0)
+    else:
+        device = platform.processor() or platform.machine()
+        try:
+            with open('/proc/cpuinfo') as f:
+                names = [line.split(':', 1)[1].strip() for line in f if line.startswith('model name')]
+            if names:
+                device = f'{names[0]} ({len(names)} logical CPUs)'
+        except OSError:
+            pass
+    return dict(torch=torch.__version__, torchreid=_torchreid.describe(),
+                python=platform.python_version(), numpy=np.__version__, device=device,
+                torch_threads=torch.get_num_threads(), platform=platform.platform())

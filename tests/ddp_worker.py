@@ -12,7 +12,7 @@ from jlml_plugin.runner import imagedata_kwargs
 from jlml_plugin.distributed import (distributed_train_loader, init_from_env, is_main_process,
                                      shutdown)
 from jlml_plugin.engine import JLMLEngine
-from jlml_plugin.runner import build_model, build_regularizer
+from jlml_plugin.runner import Trainer
 
 
 def main(mode, out, data_root, sampler):
@@ -43,8 +43,8 @@ def main(mode, out, data_root, sampler):
             json.dump(dict(ranks=gathered, num_pids=dm.num_train_pids,
                            num_items=len(dm.train_loader.dataset.train)), open(out, 'w'))
         return
-    model = build_model(cfg, dm.num_train_pids)
-    hook = build_regularizer(cfg, model)
+    model = Trainer.build_model(cfg, dm.num_train_pids)
+    hook = Trainer.build_regularizer(cfg, model)
     model = torch.nn.parallel.DistributedDataParallel(model)
     optimizer = torchreid.optim.build_optimizer(model, optim='sgd', lr=0.05)
     dm.train_loader = loader

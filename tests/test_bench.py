@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from jlml_plugin import bench, timing
+from jlml_plugin.cli import bench
+from jlml_plugin.tools import timing
 from jlml_plugin.engine import JLMLEngine
 
 

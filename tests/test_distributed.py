@@ -105,7 +105,7 @@ def test_two_process_steps_equal_one_process_steps(data_root, tmp_path):
 @pytest.mark.slow  # starts torchrun process groups
 def test_torchrun_training_cli(data_root, tmp_path):
     save_dir = tmp_path / 'log'
-    out = _torchrun(2, '-m', 'jlml_plugin.train', '--root', data_root, '-s', 'synthreid_tiny',
+    out = _torchrun(2, '-m', 'jlml_plugin.cli.train', '--root', data_root, '-s', 'synthreid_tiny',
                     '-t', 'synthreid_tiny', 'data.height', '64', 'data.width', '32',
                     'data.workers', '0', 'data.save_dir', str(save_dir), 'train.max_epoch', '4',
                     'train.batch_size', '8', 'train.lr', '0.003', 'train.checkpoint_freq', '0',
@@ -115,7 +115,7 @@ def test_torchrun_training_cli(data_root, tmp_path):
     losses = [float(m) for m in re.findall(r'^epoch \d+/4: .* loss ([\d.]+) lr', out, re.M)]
     assert len(losses) == 4, out[-2000:]  # rank 0 alone prints
     assert losses[-1] < losses[0]
-    assert out.count('=> Final test') == 1 and out.count('Rank-1') == 1
+    assert out.count('=> Final test') == 1 and out.count('** Results') == 1
     assert [os.path.basename(p) for p in glob.glob(str(save_dir / 'model' / '*'))] == \
         ['model.pth.tar-4']
     assert len(glob.glob(str(save_dir / 'events.out.tfevents.*'))) == 1

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from jlml_plugin import MODELS, SparsityHook, SparsityTerm, evaluate_rank, torchreid
+from jlml_plugin import MODELS, SparsityRegularizer, SparsityTerm, evaluate_rank, torchreid
 from jlml_plugin.engine import JLMLEngine
 from jlml_plugin.precision import MAX_SKIPPED_STEPS
 from jlml_plugin.errors import ConfigError, NonFiniteLossError
@@ -27,7 +27,7 @@ def _engine(datamanager, scheduler=True, lr=0.0, **kwargs):
     model = MODELS['jlml'](datamanager.num_train_pids, **SMALL)
     optimizer = torchreid.optim.build_optimizer(model, optim='sgd', lr=lr)
     sched = torchreid.optim.build_lr_scheduler(optimizer) if scheduler else None
-    hook = SparsityHook(model, [SparsityTerm('reg_global', 'global_branch.embed.fc.weight',
+    hook = SparsityRegularizer(model, [SparsityTerm('reg_global', 'global_branch.embed.fc.weight',
                                              'group_lasso', 0.01),
                                 SparsityTerm('reg_local', 'local_branch.embed.fc.weight',
                                              'exclusive_group_lasso', 1e-4, 4)])

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from jlml_plugin import MODELS, report
+from jlml_plugin import MODELS
+from jlml_plugin.tools import report
 from jlml_plugin.checkpoint import save_checkpoint
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'examples')

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from jlml_plugin import MODELS, export
+from jlml_plugin import MODELS
+from jlml_plugin.cli import export
 from jlml_plugin.checkpoint import save_checkpoint
 
 onnx = pytest.importorskip('onnx')

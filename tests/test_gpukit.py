@@ -7,7 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from jlml_plugin import bench, gpukit, torchreid
+from jlml_plugin import torchreid
+from jlml_plugin.cli import bench
+from jlml_plugin.tools import gpukit
 
 # The packing helper is a repository tool (tools/), not part of the installed package.
 _spec = importlib.util.spec_from_file_location(

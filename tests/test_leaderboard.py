@@ -6,7 +6,8 @@ import shutil
 import pytest
 import yaml
 
-from jlml_plugin import leaderboard, report
+from jlml_plugin.cli import leaderboard as leaderboard_cli
+from jlml_plugin.tools import leaderboard, report
 from jlml_plugin._files import atomic_write_text, exclusive_lock
 from jlml_plugin.config import flatten
 
@@ -17,7 +18,7 @@ SYNTHETIC = os.path.join(ROOT, 'configs', 'leaderboard', 'synthetic.yaml')
 
 
 def _run(argv, capsys):
-    code = leaderboard.main(argv)
+    code = leaderboard_cli.main(argv)
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -25,7 +26,7 @@ def _run(argv, capsys):
 @pytest.fixture(scope='module')
 def board(data_root, tmp_path_factory):
     output = str(tmp_path_factory.mktemp('board'))
-    code = leaderboard.main(['--config', SYNTHETIC, '--root', data_root, '--output', output])
+    code = leaderboard_cli.main(['--config', SYNTHETIC, '--root', data_root, '--output', output])
     assert code == 0
     return output
 
@@ -162,7 +163,7 @@ def _config(tmp_path, **changes):
 
 
 @pytest.mark.parametrize('changes,message', [
-    (dict(models=['jlml', 'resnet5O']), "resnet5O: unknown model.name 'resnet5O'; choose one of"),
+    (dict(models=['jlml', 'resnet5O']), "resnet5O: unknown model 'resnet5O'; choose from"),
     (dict(models=[{'name': 'osnet_x0_25', 'overrides': {'train': {'lr': 0.1}}}]),
      "overrides ['train.lr']: only jlml.* keys may differ between models"),
     (dict(splits=[25], protocol={'data': {'sources': ['cuhk01_seeded'],
@@ -319,7 +320,7 @@ def test_versus_pairs_each_model_with_its_run_on_another_board(tmp_path, capsys)
 
 
 def test_a_selection_path_from_records(tmp_path, capsys):
-    from jlml_plugin import selection
+    from jlml_plugin.cli import sparsity as sparsity_cli
     folder = str(tmp_path)
     for label, lam, zeros, off, r1 in [('l0', 0.0, 0, 3, 0.3), ('l1', 0.01, 10, 40, 0.4),
                                        ('l2', 0.1, 900, 1000, 0.2)]:
@@ -328,14 +329,14 @@ def test_a_selection_path_from_records(tmp_path, capsys):
             selection={'reg_global': dict(units=1024, exact_zeros=zeros, off=off)}))
     report.append_record(folder, dict(label='osnet', split_id=0, rank1=0.5, mAP=0.5,
                                       config={}, selection=None))
-    assert selection.main(['--board', folder, '--key', 'jlml.reg_global.weight']) == 0
+    assert sparsity_cli.main(['--board', folder, '--key', 'jlml.reg_global.weight']) == 0
     out = capsys.readouterr().out
     assert '0.01      80.0          10 / 40 ' in out
     saved = json.load(open(tmp_path / 'path_jlml.reg_global.weight.json'))
     assert [p['value'] for p in saved['points']] == [0.0, 0.01, 0.1]  # osnet has no key
     assert saved['points'][2]['terms']['reg_global'] == dict(units=1024, exact_zeros=900, off=1000)
     assert os.path.getsize(tmp_path / 'path_jlml.reg_global.weight.png') > 0
-    assert selection.main(['--board', folder, '--key', 'jlml.reg_local.weight']) == 2
+    assert sparsity_cli.main(['--board', folder, '--key', 'jlml.reg_local.weight']) == 2
     assert 'a path needs 2 or more' in capsys.readouterr().err
 
 

@@ -230,3 +230,22 @@ def test_torchreid_evaluate_rank_uses_it_without_cython():
 def test_bad_shapes_are_clear_errors():
     with pytest.raises(ValueError, match='q_pids has 2 entries but the distance matrix needs 1'):
         evaluate_rank(np.zeros((1, 3)), [1, 2], [1, 2, 3], [0], [1, 1, 1])
+
+
+def test_evaluate_target_also_scores_the_l2_normalised_feature():
+    """Two queries whose true match points their way but is shorter than a wrong one: the
+    raw distance ranks the wrong one first, the normalised one the right one."""
+    import torch
+    from jlml_plugin.evaluation import evaluate_target
+
+    def loader(feats, pids, camid):
+        return [{'img': torch.tensor(feats, dtype=torch.float32),
+                 'pid': torch.tensor(pids), 'camid': torch.full((len(pids),), camid)}]
+    loaders = {'query': loader([[1.0, 0.0], [0.0, 1.0]], [0, 1], 0),
+               'gallery': loader([[0.1, 0.0], [0.0, 0.1], [0.7, 0.7]], [0, 1, 2], 1)}
+    raw, _ = evaluate_target('toy', loaders, lambda x: x, torch.device('cpu'))
+    assert raw.rank(1) == 0.0  # [0.7, 0.7] is nearer to both queries than their matches
+    assert raw.extra['l2norm_rank1'] == 1.0 and raw.extra['l2norm_mAP'] == 1.0
+    unit, _ = evaluate_target('toy', loaders, lambda x: x, torch.device('cpu'),
+                              normalize_feature=True)
+    assert unit.rank(1) == 1.0 and 'l2norm_rank1' not in unit.extra

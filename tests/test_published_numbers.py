@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from jlml_plugin import leaderboard
+from jlml_plugin.cli import leaderboard as leaderboard_cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, 'results', 'leaderboard')
@@ -36,7 +36,7 @@ def test_a_committed_report_is_what_its_records_make(name, tmp_path):
         if os.path.isfile(os.path.join(RESULTS, name, records)):
             shutil.copy(os.path.join(RESULTS, name, records), tmp_path)
     config = os.path.join(REPO, 'configs', 'leaderboard', f'{name}.yaml')
-    assert leaderboard.main(['--config', config, '--output', str(tmp_path), '--report-only']) == 0
+    assert leaderboard_cli.main(['--config', config, '--output', str(tmp_path), '--report-only']) == 0
     for filename in REPORT_FILES:
         committed = os.path.join(RESULTS, name, filename)
         assert os.path.isfile(tmp_path / filename) == os.path.isfile(committed), filename

@@ -4,7 +4,7 @@ import functools
 import pytest
 import torch
 
-from jlml_plugin import (MODELS, SparsityHook, SparsityTerm, exclusive_group_lasso, group_lasso,
+from jlml_plugin import (MODELS, SparsityRegularizer, SparsityTerm, exclusive_group_lasso, group_lasso,
                          torchreid)
 from jlml_plugin.errors import ConfigError
 from jlml_plugin.regularizers import (PROXIMAL, REGULARIZERS, jlml_terms,
@@ -59,7 +59,7 @@ def _model():
 
 def test_hook_adds_weighted_terms_and_reports_each():
     model = _model()
-    hook = SparsityHook(model, [SparsityTerm('reg_a', '0.weight', 'group_lasso', 0.5),
+    hook = SparsityRegularizer(model, [SparsityTerm('reg_a', '0.weight', 'group_lasso', 0.5),
                                 SparsityTerm('reg_b', '1.weight', 'exclusive_group_lasso', 2.0, 3)])
     total, values = hook()
     a = group_lasso(model[0].weight)
@@ -74,13 +74,13 @@ def test_zero_weight_switches_a_term_off_and_costs_nothing(monkeypatch):
     called = []
     monkeypatch.setitem(__import__('jlml_plugin').regularizers.REGULARIZERS, 'group_lasso',
                         lambda w, g: called.append(1) or w.sum())
-    hook = SparsityHook(_model(), [SparsityTerm('reg', '0.weight', 'group_lasso', 0.0)])
+    hook = SparsityRegularizer(_model(), [SparsityTerm('reg', '0.weight', 'group_lasso', 0.0)])
     assert not hook and hook() == (None, {}) and called == []
 
 
 def test_computed_in_fp32_under_autocast():
     model = _model().to(torch.bfloat16)
-    hook = SparsityHook(model, [SparsityTerm('reg', '0.weight', 'group_lasso', 1.0)])
+    hook = SparsityRegularizer(model, [SparsityTerm('reg', '0.weight', 'group_lasso', 1.0)])
     with torch.autocast('cpu', dtype=torch.bfloat16):
         total, values = hook()
     assert total.dtype == torch.float32 and values['reg'].dtype == torch.float32
@@ -90,21 +90,21 @@ def test_computed_in_fp32_under_autocast():
 def test_hook_on_a_torchreid_baseline_inside_dataparallel():
     osnet = torchreid.models.build_model('osnet_x0_25', 10, pretrained=False, use_gpu=False)
     wrapped = torch.nn.DataParallel(osnet)
-    hook = SparsityHook(wrapped, [SparsityTerm('reg_fc', 'fc.0.weight', 'group_lasso', 1e-3)])
+    hook = SparsityRegularizer(wrapped, [SparsityTerm('reg_fc', 'fc.0.weight', 'group_lasso', 1e-3)])
     total, _ = hook()
     assert total.item() == pytest.approx(1e-3 * group_lasso(osnet.fc[0].weight).item())
 
 
 def test_unknown_parameter_suggests_close_names():
     with pytest.raises(ConfigError, match=r"no parameter 'O.weight'.*0\.weight"):
-        SparsityHook(_model(), [SparsityTerm('reg', 'O.weight', 'group_lasso', 1.0)])
+        SparsityRegularizer(_model(), [SparsityTerm('reg', 'O.weight', 'group_lasso', 1.0)])
 
 
 def test_bad_kind_and_negative_weight_are_config_errors():
     with pytest.raises(ConfigError, match='unknown regulariser kind'):
-        SparsityHook(_model(), [SparsityTerm('reg', '0.weight', 'lasso', 1.0)])
+        SparsityRegularizer(_model(), [SparsityTerm('reg', '0.weight', 'lasso', 1.0)])
     with pytest.raises(ConfigError, match='>= 0'):
-        SparsityHook(_model(), [SparsityTerm('reg', '0.weight', 'group_lasso', -1.0)])
+        SparsityRegularizer(_model(), [SparsityTerm('reg', '0.weight', 'group_lasso', -1.0)])
 
 
 # ------------------------------------------------------------------ proximal operators
@@ -218,7 +218,7 @@ def test_the_step_reaches_the_minimiser_of_loss_plus_lambda_r(optimizer, kind, l
     model = torch.nn.Linear(D, K).double()
     torch.nn.init.zeros_(model.weight)
     torch.nn.init.zeros_(model.bias)
-    hook = SparsityHook(model, [SparsityTerm('reg', 'weight', kind, lam, groups)])
+    hook = SparsityRegularizer(model, [SparsityTerm('reg', 'weight', kind, lam, groups)])
     opt = build(model.parameters(), lr / lipschitz if optimizer.startswith('sgd') else lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps) if cosine else None
     for _ in range(steps):
@@ -242,7 +242,7 @@ def _toy_columns_switched_off(rows_with_gradient, lam=2e-3, steps=300):
     torch.manual_seed(0)
     layer = torch.nn.Linear(64, 16, bias=False)
     mixing = torch.randn(16, 32)
-    hook = SparsityHook(layer, [SparsityTerm('reg', 'weight', 'group_lasso', lam)])
+    hook = SparsityRegularizer(layer, [SparsityTerm('reg', 'weight', 'group_lasso', lam)])
     opt = torch.optim.Adam(layer.parameters(), lr=1.5e-3, weight_decay=5e-4, amsgrad=True)
     hook.own_weight_decay(opt)
     for _ in range(steps):
@@ -268,7 +268,7 @@ def test_rows_without_loss_gradient_do_not_switch_useful_columns_off():
 
 def test_weight_decay_leaves_the_penalised_layer_alone():
     model = _model()
-    hook = SparsityHook(model, [SparsityTerm('reg', '0.weight', 'group_lasso', 0.5)])
+    hook = SparsityRegularizer(model, [SparsityTerm('reg', '0.weight', 'group_lasso', 0.5)])
     opt = torch.optim.Adam(model.parameters(), lr=0.1, weight_decay=5e-4)
     hook.own_weight_decay(opt)
     decay = {id(p): g['weight_decay'] for g in opt.param_groups for p in g['params']}
@@ -316,7 +316,7 @@ def test_shrinking_the_penalised_weight_changes_the_logits(term, scaling):
 def _trained_selection(tiny_opts, tmp_path, scale):
     from jlml_plugin.config import load_config
     from jlml_plugin.runner import train
-    from jlml_plugin.selection import checkpoint_terms, selection_summary
+    from jlml_plugin.tools.sparsity import checkpoint_terms, selection_summary
     cfg = load_config('configs/jlml_synthetic.yaml', tiny_opts + [
         'train.max_epoch', '3', 'train.optim', 'amsgrad', 'train.lr', '0.0015',
         'data.save_dir', str(tmp_path / f'x{scale}'), 'jlml.feat_dim', '64',

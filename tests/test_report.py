@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from jlml_plugin.report import compare, comparisons_table, per_split_table, summarize
+from jlml_plugin.tools.report import compare, comparisons_table, per_split_table, summarize
 
 
 def _record(label, split_id, rank1, mAP, seed=1):

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from jlml_plugin.stats import (Interval, bootstrap_mean, model_interval, paired_interval,
+from jlml_plugin.tools.stats import (Interval, bootstrap_mean, model_interval, paired_interval,
                                query_scores, verdict)
 
 

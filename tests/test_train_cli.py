@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from jlml_plugin import train as train_cli
+from jlml_plugin.cli import train as train_cli
 from jlml_plugin.config import flatten, load_config
 from jlml_plugin.engine import JLMLEngine
 
@@ -48,6 +48,11 @@ def test_one_epoch_of_jlml_prints_metrics_and_writes_checkpoint_and_tensorboard(
                            'configs', train_cli.DEFAULT_CONFIG)
     assert flatten(cfg) == flatten(load_config(default, ['model.name', 'jlml', *tiny_opts]))
     assert json.load(open(tmp_path / 'log' / 'environment.json'))['torch'] == torch.__version__
+    # ... and what it printed last: the final evaluation, the speed and the wall time.
+    results = json.load(open(tmp_path / 'log' / 'results.json'))
+    assert results['targets']['synthreid_tiny']['rank1'] == pytest.approx(state['rank1'])
+    assert f"Rank-1  : {results['targets']['synthreid_tiny']['rank1']:.1%}" in out
+    assert results['epochs'] == 1 and results['train_images_per_s'] > 0
 
 
 def test_sources_and_targets_do_not_swallow_overrides(data_root, tmp_path, capsys):
@@ -164,7 +169,7 @@ def test_a_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tiny_
 @pytest.mark.parametrize('extra,message', [
     (['train.lrr', '0.1'], "unknown config key 'train.lrr' on the command line; did you mean train.lr "),
     (['train.max_epoch', 'abc'], "train.max_epoch expects int (like "),
-    (['model.name', 'jlmll'], "unknown model.name 'jlmll'; choose one of:"),
+    (['model.name', 'jlmll'], "unknown model 'jlmll'; choose from:"),
     (['sampler.train_sampler', 'Random'], "unknown sampler.train_sampler 'Random'; choose one of: RandomIdentitySampler"),
     (['train.optim', 'adamw'], "unknown train.optim 'adamw'; choose one of: adam, amsgrad, sgd"),
     (['data.sources', "['market15O1']"], "unknown dataset 'market15O1'; torchreid knows:"),
@@ -275,7 +280,7 @@ def test_triplet_without_identity_sampler_is_refused(tiny_opts, capsys):
 
 
 def test_module_entry_point_help():
-    out = subprocess.run([sys.executable, '-m', 'jlml_plugin.train', '--help'],
+    out = subprocess.run([sys.executable, '-m', 'jlml_plugin.cli.train', '--help'],
                          capture_output=True, text=True, check=True).stdout
     assert '--config-file' in out and 'KEY VALUE' in out
 
@@ -291,3 +296,27 @@ def test_deterministic_mode_is_one_that_runs_on_cuda():
     # cuBLAS's fixed workspace, and a warning, not an error, for adaptive average pooling's
     # backward, which has no deterministic CUDA kernel.
     assert out.stdout.split() == [':4096:8', 'True', 'True', 'True', 'False']
+
+
+def test_a_trainer_subclass_overrides_one_builder(tiny_opts):
+    """detectron2's Trainer.build_*: one hook added by overriding build_hooks alone; the
+    rest of the run (data, model, engine, evaluation) is the default trainer's."""
+    from jlml_plugin.config import get_cfg
+    from jlml_plugin.hooks import Hook
+    from jlml_plugin.runner import Trainer
+
+    class EpochCounter(Hook):
+        epochs = []
+
+        def after_epoch(self, engine, summary):
+            self.epochs.append((engine.epoch, summary['loss']))
+
+    class CountingTrainer(Trainer):
+        @classmethod
+        def build_hooks(cls, cfg):
+            return super().build_hooks(cfg) + [EpochCounter()]
+
+    cfg = load_config(None, tiny_opts + ['model.name', 'jlml_global'], base=get_cfg())
+    result = CountingTrainer.train(cfg)
+    assert [epoch for epoch, _ in EpochCounter.epochs] == [0]
+    assert 'synthreid_tiny' in result.training.results  # the default EvalHook still ran

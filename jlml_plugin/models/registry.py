@@ -11,7 +11,7 @@ import torch
 from .. import _torchreid
 from ..errors import ConfigError
 
-__all__ = ['MODELS', 'default_cfgs', 'register_variant', 'build']
+__all__ = ['MODELS', 'default_cfgs', 'register_variant', 'build', 'check_model', 'check_height']
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -44,13 +44,28 @@ def register_variant(**metadata) -> Callable[[Callable], Callable]:
     return register
 
 
+def check_model(name: str) -> None:
+    """A model torchreid's factory holds (every plugin variant is registered there)."""
+    factory = _torchreid.model_factory()
+    if name not in factory:
+        raise ConfigError(f'unknown model {name!r}; choose from: {", ".join(sorted(factory))}')
+
+
+def check_height(name: str, height: int, num_stripes: int) -> None:
+    """A JLML variant cuts its stem's output into ``num_stripes`` equal stripes, so the
+    input height must be a multiple of stem stride x stripes; other models take any."""
+    if name in MODELS:
+        multiple = default_cfgs[name]['stem_stride'] * num_stripes
+        if height % multiple:
+            raise ConfigError(f'data.height {height} cannot be split into jlml.num_stripes '
+                              f'{num_stripes} stripes: use a multiple of {multiple}')
+
+
 def build(name: str, num_classes: int, loss: str = 'softmax', pretrained: bool = False,
           use_gpu: bool = False, **kwargs) -> torch.nn.Module:
     """Any model torchreid knows, by name: a plugin builder with its keyword arguments (its
     ``jlml`` keys), any other through torchreid's ``build_model``, which takes none."""
-    factory = _torchreid.model_factory()
-    if name not in factory:
-        raise ConfigError(f'unknown model {name!r}; choose from: {", ".join(sorted(factory))}')
+    check_model(name)
     if name in MODELS:
         return MODELS[name](num_classes, loss=loss, pretrained=pretrained, use_gpu=use_gpu,
                             **kwargs)

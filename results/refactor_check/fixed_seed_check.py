@@ -5,7 +5,7 @@ import torch
 torch.set_num_threads(1)
 import jlml_plugin
 from jlml_plugin.data.synthetic import generate
-from jlml_plugin import train as train_cli
+from jlml_plugin.cli import train as train_cli
 root = tempfile.mkdtemp()
 generate(root, 'synthreid_tiny', 0)
 out = {}

@@ -3,7 +3,7 @@
     jlml-train                                   # JLML on the built-in synthetic set
     jlml-train --config-file configs/jlml_cuhk01.yaml --root /data/reid
     jlml-train --config-file X.yaml -s market1501 -t market1501 model.name osnet_x1_0
-    torchrun --nproc_per_node=4 -m jlml_plugin.train --config-file X.yaml
+    torchrun --nproc_per_node=4 -m jlml_plugin.cli.train --config-file X.yaml
 
 Semantics follow torchreid's main.py: defaults, then ``--config-file``, then ``--root``,
 ``-s/--sources``, ``-t/--targets`` and ``--transforms``, then ``KEY VALUE`` overrides.
@@ -13,16 +13,20 @@ first known config key ends those lists (torchreid's F10).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
+import time
 from typing import List, Optional, Tuple
 
-from . import _torchreid
-from ._cli import command_parser, log_to, main_wrapper
-from .config import flatten, get_cfg, load_config, shipped_config
-from .distributed import shutdown
-from .runner import train, validate
+from .. import _torchreid
+from .._files import atomic_write_text
+from ..config import flatten, get_cfg, load_config, shipped_config
+from ..distributed import shutdown
+from ..progress import log_to
+from ..runner import RunResult, train, validate
+from .common import command_parser, main_wrapper
 
 DEFAULT_CONFIG = 'jlml_synthetic.yaml'
 _SINGLE_VALUE = {'--config-file', '--root'}
@@ -95,6 +99,22 @@ def config_from_args(argv: List[str]):
     return load_config(None, overrides, base=cfg), args
 
 
+def write_results(cfg, result: RunResult) -> None:
+    """``<save_dir>/results.json``: what the run printed last, as a record (each target's
+    metrics, the training speed and wall time)."""
+    training = result.training
+    record = dict(
+        targets={name: dict(r.as_dict(tuple(cfg.test.ranks)), cmc=[float(v) for v in r.cmc[:50]])
+                 for name, r in training.results.items()},
+        epochs=cfg.train.max_epoch, train_images_per_s=training.train_images_per_second,
+        train_seconds=training.train_seconds, wall_seconds=result.wall_seconds,
+        params=result.num_params, gflops=result.flops / 1e9,
+        finished_at=time.strftime('%Y-%m-%dT%H:%M:%S'))
+    path = os.path.join(cfg.data.save_dir, 'results.json')
+    atomic_write_text(path, json.dumps(record, indent=1) + '\n')
+    print(f'Results written to {path}')
+
+
 def run(argv: List[str]) -> int:
     cfg, args = config_from_args(argv)
     validate(cfg)
@@ -105,7 +125,9 @@ def run(argv: List[str]) -> int:
         print(f'jlml-train with {_torchreid.describe()}')
         print(f'Config:\n{cfg}')
     try:
-        train(cfg, resume_latest=args.resume)
+        result = train(cfg, resume_latest=args.resume)
+        if tee is not None:
+            write_results(cfg, result)
         shutdown()  # after success only: a failed rank must not wait at a barrier
     finally:
         if tee is not None:

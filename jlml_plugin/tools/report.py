@@ -11,17 +11,15 @@ import csv
 import io
 import json
 import os
-import platform
 from collections import OrderedDict
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import torch
 
-from . import _torchreid, stats
-from ._files import atomic_open, atomic_write_text, exclusive_lock
+from . import stats
+from .._files import atomic_open, atomic_write_text, exclusive_lock
 
-__all__ = ['environment', 'load_records', 'load_queries', 'load_diverged', 'append_diverged',
+__all__ = ['load_records', 'load_queries', 'load_diverged', 'append_diverged',
            'run_key', 'append_record', 'summarize', 'write_report', 'plot_cmc',
            'markdown_table', 'per_split_table', 'intervals_table', 'compare',
            'comparisons_table', 'plot_forest']
@@ -37,10 +35,10 @@ SUPERSEDED_QUERIES = 'superseded_queries.jsonl'
 #: Tuning runs whose loss stopped being a number: label, split, seed and the error.
 DIVERGED = 'diverged.jsonl'
 CSV_FIELDS = ['label', 'model', 'split_id', 'rank1', 'rank5', 'rank10', 'rank20', 'mAP', 'mINP',
-              'single_shot_rank1', 'params', 'gflops', 'input', 'epochs', 'train_images_per_s', 'train_seconds',
+              'single_shot_rank1', 'l2norm_rank1', 'l2norm_mAP', 'params', 'gflops', 'input', 'epochs', 'train_images_per_s', 'train_seconds',
               'wall_seconds', 'finished_at']
 METRICS = ['rank1', 'rank5', 'rank10', 'rank20', 'mAP', 'mINP', 'single_shot_rank1',
-           'train_images_per_s', 'wall_seconds']
+           'l2norm_rank1', 'l2norm_mAP', 'train_images_per_s', 'wall_seconds']
 
 
 def _read_jsonl(path: str) -> List[Dict[str, Any]]:
@@ -139,11 +137,15 @@ def _pm(row: Dict[str, Any], key: str, scale: float = 100.0, digits: int = 1) ->
 
 
 def markdown_table(rows: List[Dict[str, Any]]) -> str:
-    """torchreid MODEL_ZOO-style table: R1 (mAP) first, then the rest."""
+    """torchreid MODEL_ZOO-style table: R1 (mAP) first, then the rest; where every row has
+    them, the single-shot R1 and the score of the L2-normalised feature."""
     single = all('single_shot_rank1' in row for row in rows)
+    unit = all('l2norm_rank1' in row for row in rows)
     out = ['| Model | Params (M) | GFLOPs | Input | R1 (mAP) | R5 | R10 | mINP | '
-           + ('R1 single-shot | ' if single else '') + 'train img/s | wall time | splits |',
-           '|---|---|---|---|---|---|---|---|' + ('---|' if single else '') + '---|---|---|']
+           + ('R1 single-shot | ' if single else '')
+           + ('R1 (mAP), L2-normalised | ' if unit else '') + 'train img/s | wall time | splits |',
+           '|---|---|---|---|---|---|---|---|' + ('---|' if single else '') + ('---|' if unit else '')
+           + '---|---|---|']
     for row in rows:
         minutes = row['wall_seconds'] / 60
         out.append(
@@ -151,6 +153,7 @@ def markdown_table(rows: List[Dict[str, Any]]) -> str:
             f"| {_pm(row, 'rank1')} ({_pm(row, 'mAP')}) | {_pm(row, 'rank5')} "
             f"| {_pm(row, 'rank10')} | {_pm(row, 'mINP')} "
             + (f"| {_pm(row, 'single_shot_rank1')} " if single else '')
+            + (f"| {_pm(row, 'l2norm_rank1')} ({_pm(row, 'l2norm_mAP')}) " if unit else '')
             + f"| {row['train_images_per_s']:.1f} | {minutes:.0f} min "
             f"| {len(row['splits'])} ({', '.join(map(str, row['splits']))}) |")
     return '\n'.join(out) + '\n'
@@ -182,7 +185,7 @@ def per_split_table(records: List[Dict[str, Any]], rows: List[Dict[str, Any]]) -
     return '\n'.join(out) + '\n'
 
 
-#: The metrics a comparison reports, as :data:`jlml_plugin.stats.METRICS` names them.
+#: The metrics a comparison reports, as :data:`jlml_plugin.tools.stats.METRICS` names them.
 COMPARED = ('rank1', 'mAP')
 _METRIC_NAMES = {'rank1': 'R1', 'mAP': 'mAP', 'rank1+mAP': 'R1 + mAP'}
 
@@ -192,7 +195,7 @@ def compare(records: List[Dict[str, Any]], queries: List[Dict[str, Any]],
             ) -> List[Dict[str, Any]]:
     """Each ``(a, b, claim)``: ``a`` minus ``b`` in each metric (in points), per split from
     the records (R1 (mAP), seeds averaged) and pooled over the splits both ran, with the
-    paired 95% interval over test identities (:mod:`jlml_plugin.stats`) and its verdict.
+    paired 95% interval over test identities (:mod:`jlml_plugin.tools.stats`) and its verdict.
     The pooled figures need per-query records of both; without them they are None."""
     means = _split_means(records)
     rows = []
@@ -360,21 +363,3 @@ queries of a person, in every split that tests them, are drawn together; a model
 averaged query by query), 10,000 draws, 95% percentile. **holds**: the interval lies above zero; **fails**:
 below; **not shown**: it contains zero. The per-split columns are point differences.
 """
-
-
-def environment() -> Dict[str, Any]:
-    """What produced the numbers: versions, device, threads."""
-    if torch.cuda.is_available():
-        device = torch.cuda.get_device_name(0)
-    else:
-        device = platform.processor() or platform.machine()
-        try:
-            with open('/proc/cpuinfo') as f:
-                names = [line.split(':', 1)[1].strip() for line in f if line.startswith('model name')]
-            if names:
-                device = f'{names[0]} ({len(names)} logical CPUs)'
-        except OSError:
-            pass
-    return dict(torch=torch.__version__, torchreid=_torchreid.describe(),
-                python=platform.python_version(), numpy=np.__version__, device=device,
-                torch_threads=torch.get_num_threads(), platform=platform.platform())

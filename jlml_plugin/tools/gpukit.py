@@ -7,7 +7,7 @@
 ``DIR/gpu_kit.json`` and ``DIR/gpu_kit.md``, so a run cut off returns what it has:
 
 1. **speed**: JLML, resnet50, osnet_x1_0 and hacnn in one process, with the engine's own
-   training step (:func:`jlml_plugin.timing.speed`): 256x128 at batch 64 in fp32, bf16
+   training step (:func:`jlml_plugin.tools.timing.speed`): 256x128 at batch 64 in fp32, bf16
    autocast and fp16 with GradScaler, and 160x64 at batch 32 in fp32; images/s, peak
    memory, ratios to resnet50. torchreid's HA-CNN takes 160x64 only, so it is left out
    of the 256x128 rows, which say so.
@@ -35,11 +35,12 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from ._files import atomic_write_text
-from .checkpoint import latest_checkpoint
-from .config import shipped_config
-from .errors import ConfigError, DataError, one_line
-from .report import environment, load_records
+from .._files import atomic_write_text
+from ..checkpoint import latest_checkpoint
+from ..config import shipped_config
+from ..errors import ConfigError, DataError, one_line
+from ..runner import environment
+from .report import load_records
 from .timing import speed
 
 __all__ = ['KitPlan', 'GPU_PLAN', 'SMOKE_PLAN', 'run_kit']
@@ -199,7 +200,7 @@ def ddp_step(plan: KitPlan, report: KitReport, data_root: str, workdir: str,
     for name, extra in (('ddp', []), ('ddp_deterministic', ['train.deterministic', 'True'])):
         save_dir = os.path.join(workdir, name)
         cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=1',
-               '-m', 'jlml_plugin.train', 'data.root', data_root, 'data.save_dir', save_dir,
+               '-m', 'jlml_plugin.cli.train', 'data.root', data_root, 'data.save_dir', save_dir,
                'model.name', 'jlml', 'model.pretrained', 'False', 'test.ranks', '[1, 5]',
                *plan.ddp_opts, *extra]
         log = os.path.join(workdir, f'{name}.log')
@@ -218,7 +219,7 @@ def board_step(plan: KitPlan, report: KitReport, data_root: str, workdir: str, o
     reported as cut, and the ones after it as not run."""
     board_dir = os.path.join(workdir, 'board')
     log = os.path.join(workdir, 'board.log')
-    cmd = [sys.executable, '-m', 'jlml_plugin.leaderboard',
+    cmd = [sys.executable, '-m', 'jlml_plugin.cli.leaderboard',
            '--config', shipped_config('leaderboard/' + plan.board_config),
            '--root', data_root, '--output', board_dir, '--only', ','.join(plan.board_models)]
     code, seconds = _subprocess(cmd, deadline - time.time(), log)

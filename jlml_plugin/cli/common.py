@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import time
 import traceback
-from typing import Callable, List, Optional, TextIO
+from typing import Callable, List, Optional
 
-from .errors import JLMLError, one_line
+from ..errors import JLMLError, one_line
 
 
 def command_parser(prog: str, description: str, **kwargs) -> argparse.ArgumentParser:
@@ -44,35 +42,3 @@ def main_wrapper(prog: str, run: Callable[[List[str]], int],
             hint = '' if isinstance(exc, JLMLError) else ' (run with --debug for the traceback)'
             print(f'{prog}: error: {kind}{one_line(exc)}{hint}', file=sys.stderr)
         return 2 if isinstance(exc, JLMLError) else 1
-
-
-class Tee:
-    """Writes to the console and a log file; a live bar's redraws (``\\r``) skip the file."""
-
-    def __init__(self, console: TextIO, path: str) -> None:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        self.console = console
-        self.file = open(path, 'a', encoding='utf-8')
-
-    def write(self, text: str) -> int:
-        self.console.write(text)
-        if '\r' not in text:
-            self.file.write(text)
-        return len(text)
-
-    def flush(self) -> None:
-        self.console.flush()
-        self.file.flush()
-
-    def isatty(self) -> bool:
-        return self.console.isatty()
-
-    def close(self) -> None:
-        self.file.close()
-
-
-def log_to(save_dir: str, name: str) -> Tee:
-    """Tees stdout into ``<save_dir>/<name>.log-<time>``, as torchreid's main.py does."""
-    tee = Tee(sys.stdout, os.path.join(save_dir, f'{name}.log-{time.strftime("%Y-%m-%d-%H-%M-%S")}'))
-    sys.stdout = tee
-    return tee

@@ -5,7 +5,7 @@
     jlml-bench data --root reid-data --dataset cuhk01_seeded --workers 0,1,2
     jlml-bench evaluator --queries 3368 --gallery 15913 --ids 751 --cams 6
     jlml-bench profile --model jlml --height 160 --width 64 --batch 32
-    jlml-bench gpu --output DIR [--smoke]          (the GPU kit: jlml_plugin.gpukit)
+    jlml-bench gpu --output DIR [--smoke]          (the GPU kit: jlml_plugin.tools.gpukit)
 
 ``speed`` times training steps (the engine's own step: forward, the losses, backward,
 optimizer step, sparsity terms) and inference of each model, interleaved model by model within every repeat so that drift in the
@@ -17,7 +17,7 @@ alone, in one process, and the time it waits for batches. ``data`` times torchre
 loader alone. ``evaluator`` times the plugin's
 evaluator against torchreid's Python fallback and, where it is built, its Cython one.
 ``profile`` prints torch.profiler's table of the operators that take the time of one
-model's training steps. ``gpu`` runs every GPU check in one command (:mod:`jlml_plugin.gpukit`).
+model's training steps. ``gpu`` runs every GPU check in one command (:mod:`jlml_plugin.tools.gpukit`).
 Each writes JSON with the raw timings and the environment.
 """
 from __future__ import annotations
@@ -30,14 +30,13 @@ from typing import Dict, List, Optional
 
 import torch
 
-from ._cli import command_parser, main_wrapper
-from ._files import atomic_open
-from .errors import ConfigError
-from .report import environment
-from .gpukit import run_kit
-from .config import load_config, trained_config
-from .runner import validate
-from .timing import evaluator_speed, loader_speed, loop_speed, profile, speed
+from .._files import atomic_open
+from ..config import load_config, trained_config
+from ..errors import ConfigError
+from ..runner import environment, validate
+from ..tools.gpukit import run_kit
+from ..tools.timing import evaluator_speed, loader_speed, loop_speed, profile, speed
+from .common import command_parser, main_wrapper
 
 __all__ = ['main']
 

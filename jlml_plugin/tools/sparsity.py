@@ -1,7 +1,4 @@
-"""``jlml-sparsity``: what the sparsity terms selected, in one checkpoint or along a path.
-
-    jlml-sparsity --checkpoint log/jlml_cuhk01/model/model.pth.tar-30
-    jlml-sparsity --board results/leaderboard/sparsity_path --key jlml.reg_global.weight
+"""What the sparsity terms selected, in one checkpoint or along a path (``jlml-sparsity``).
 
 For each term of a checkpoint (by default JLML's two: the group LASSO on the global
 feature layer, the exclusive group LASSO on the local one) it prints how many of the
@@ -20,22 +17,21 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from dataclasses import asdict
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from ._cli import command_parser, main_wrapper
-from ._files import atomic_open
+from .._files import atomic_open
 from . import report, stats
-from .checkpoint import latest_checkpoint, load_checkpoint, model_state
-from .errors import CheckpointError, ConfigError
-from .models import MODELS, build
-from .regularizers import SparsityTerm, jlml_terms, selection_norms
+from ..checkpoint import latest_checkpoint, load_checkpoint, model_state
+from ..errors import CheckpointError, ConfigError
+from ..models import MODELS, build
+from ..regularizers import SparsityTerm, jlml_terms, selection_norms
 
 __all__ = ['OFF_RATIO', 'checkpoint_terms', 'selection_summary', 'selection_record',
-           'selection_path', 'plot_path', 'plot_selection', 'main']
+           'selection_path', 'plot_path', 'plot_selection', 'write_path',
+           'write_checkpoint_selection']
 
 #: A unit below this fraction of the largest one counts as switched off.
 OFF_RATIO = 1e-3
@@ -178,72 +174,34 @@ def plot_selection(summary: Dict[str, Dict[str, Any]], path: str, title: str = '
     plt.close(fig)
 
 
-def build_parser():
-    parser = command_parser('jlml-sparsity', __doc__.split('\n\n')[0])
-    what = parser.add_mutually_exclusive_group(required=True)
-    what.add_argument('--checkpoint', help='a checkpoint written by jlml-train')
-    what.add_argument('--board', help='a leaderboard results folder: draw its selection path')
-    parser.add_argument('--key', default='jlml.reg_global.weight',
-                        help='with --board: the config key the path runs along')
-    parser.add_argument('--labels', default='',
-                        help='with --board: comma-separated labels on the path (default: all '
-                             'records with the key)')
-    parser.add_argument('--output', default='',
-                        help='PNG to write (default: <checkpoint>.sparsity.png, or '
-                             '<board>/path_<key>.png); the JSON goes beside it')
-    return parser
-
-
-def run_path(args) -> int:
-    labels = [label for label in args.labels.split(',') if label]
-    records = [r for r in report.load_records(args.board) if not labels or r['label'] in labels]
-    points = selection_path(records, report.load_queries(args.board), args.key)
+def write_path(board: str, key: str, labels: List[str], png: str = '') -> Tuple[List[Dict[str, Any]], str]:
+    """The selection path of a board's runs along ``key`` (those in ``labels``; all if
+    none): its plot (``png``, by default ``<board>/path_<key>.png``) and JSON beside it.
+    Returns the points and the plot's path."""
+    records = [r for r in report.load_records(board) if not labels or r['label'] in labels]
+    points = selection_path(records, report.load_queries(board), key)
     if len(points) < 2:
-        raise ConfigError(f'{args.board}: {len(points)} records with {args.key} in their config '
+        raise ConfigError(f'{board}: {len(points)} records with {key} in their config '
                           f'and a selection; a path needs 2 or more (records before 2026-12-03 '
                           f'carry no selection)')
-    png = args.output or os.path.join(args.board, f'path_{args.key}.png')
-    plot_path(points, args.key, png)
+    png = png or os.path.join(board, f'path_{key}.png')
+    plot_path(points, key, png)
     with atomic_open(os.path.splitext(png)[0] + '.json', 'w') as f:
-        json.dump(dict(key=args.key, points=points), f, indent=1)
-    names = sorted({n for p in points for n in p['terms']})
-    print(f'{args.key:>24} {"R1 + mAP":>9} ' + ' '.join(f'{n + " 0 / off":>24}' for n in names))
-    for p in points:
-        print(f'{p["value"]:>24g} {p["score"] * 100:>9.1f} ' + ' '.join(
-            f'{p["terms"][n]["exact_zeros"]:>11} / {p["terms"][n]["off"]:<11}' if n in p['terms']
-            else f'{"–":>24}' for n in names))
-    print(f'plot: {png}')
-    return 0
+        json.dump(dict(key=key, points=points), f, indent=1)
+    return points, png
 
 
-def run(argv: List[str]) -> int:
-    args = build_parser().parse_args(argv)
-    if args.board:
-        return run_path(args)
-    if not os.path.isfile(args.checkpoint):
-        raise CheckpointError(f'no checkpoint at {args.checkpoint}')
-    checkpoint = load_checkpoint(args.checkpoint)
-    summary = selection_summary(model_state(checkpoint), checkpoint_terms(checkpoint))
-    png = args.output or args.checkpoint + '.sparsity.png'
-    plot_selection(summary, png, os.path.basename(args.checkpoint))
+def write_checkpoint_selection(checkpoint: str, png: str = '') -> Tuple[Dict[str, Dict[str, Any]], str]:
+    """What each sparsity term of a checkpoint selected: the plot (``png``, by default
+    ``<checkpoint>.sparsity.png``) and JSON beside it. Returns the summary and the plot's
+    path."""
+    if not os.path.isfile(checkpoint):
+        raise CheckpointError(f'no checkpoint at {checkpoint}')
+    loaded = load_checkpoint(checkpoint)
+    summary = selection_summary(model_state(loaded), checkpoint_terms(loaded))
+    png = png or checkpoint + '.sparsity.png'
+    plot_selection(summary, png, os.path.basename(checkpoint))
     with atomic_open(os.path.splitext(png)[0] + '.json', 'w') as f:
         json.dump({name: {k: v for k, v in e.items() if k != 'curves'}
                    for name, e in summary.items()}, f, indent=1)
-    print(f'{"term":<11} {"kind":<22} {"units":>7} {"exactly 0":>10} {"off (<1e-3)":>12}')
-    for name, e in summary.items():
-        print(f'{name:<11} {e["term"]["kind"]:<22} {e["units"]:>7} {e["exact_zeros"]:>10} '
-              f'{e["off_fraction"]:>12.1%}')
-        if 'off_fraction_per_group' in e:
-            print(f'{"":<11} per stripe, exactly 0: '
-                  + ', '.join(str(v) for v in e['zeros_per_group']) + '; off: '
-                  + ', '.join(f'{v:.1%}' for v in e['off_fraction_per_group']))
-    print(f'plot: {png}')
-    return 0
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    return main_wrapper('jlml-sparsity', run, argv)
-
-
-if __name__ == '__main__':
-    sys.exit(main())
+    return summary, png

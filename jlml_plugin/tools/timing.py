@@ -1,6 +1,6 @@
 """Timings behind ``jlml-bench`` and the GPU kit: training and inference speed (the engine's
 own step), the train loader, the evaluator, and torch.profiler's hot spots. Each returns
-plain data; :mod:`jlml_plugin.bench` prints and writes it.
+plain data; :mod:`jlml_plugin.cli.bench` prints and writes it.
 """
 from __future__ import annotations
 
@@ -13,15 +13,16 @@ import numpy as np
 import torch
 from torch.utils import benchmark
 
-from . import _torchreid
-from .engine import JLMLEngine
-from .errors import ConfigError
-from .hooks import EvalHook, PeriodicCheckpoint
-from .metrics import evaluate_rank
-from .models import MODELS, build
-from .models.reference import LoopedLocalBranch
-from .precision import AMP_MODES, to_channels_last
-from .regularizers import jlml_sparsity
+from .. import _torchreid
+from ..engine import JLMLEngine
+from ..errors import ConfigError
+from ..hooks import EvalHook, PeriodicCheckpoint
+from ..metrics import evaluate_rank
+from ..models import MODELS, build
+from ..models.reference import LoopedLocalBranch
+from ..precision import AMP_MODES, to_channels_last
+from ..regularizers import jlml_sparsity
+from ..runner import Trainer
 
 __all__ = ['build_bench_model', 'seconds_per_call', 'speed', 'loop_speed', 'loader_speed',
            'evaluator_speed', 'profile']
@@ -157,11 +158,10 @@ def loop_speed(cfg, epochs: int = 1) -> Dict[str, float]:
     the config's data, model, engine and hooks (as ``jlml-train`` builds them), of the
     waits for batches inside it, then of as many ``forward_backward`` steps on one cached
     batch (the step ``jlml-bench speed`` times), and of the train loader alone."""
-    from .runner import build_datamanager, build_engine, build_model, place_model
-    datamanager = build_datamanager(cfg)
-    model = build_model(cfg, datamanager.num_train_pids)
-    model, regularizer = place_model(cfg, model, torch.device('cpu'), distributed=False)
-    engine = build_engine(cfg, datamanager, model, regularizer)
+    datamanager = Trainer.build_datamanager(cfg)
+    model = Trainer.build_model(cfg, datamanager.num_train_pids)
+    model, regularizer = Trainer.place_model(cfg, model, torch.device('cpu'), distributed=False)
+    engine = Trainer.build_engine(cfg, datamanager, model, regularizer)
     # What a run's own images/s counts: its steps, not its evaluations and checkpoints.
     engine.hooks = [h for h in engine.hooks if not isinstance(h, (EvalHook, PeriodicCheckpoint))]
     engine.train_loader = timed = _TimedLoader(datamanager.train_loader)

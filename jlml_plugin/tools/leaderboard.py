@@ -1,4 +1,5 @@
-"""``jlml-leaderboard``: JLML and torchreid baselines trained under one identical protocol.
+"""The leaderboard (``jlml-leaderboard``): JLML and torchreid baselines trained under one
+identical protocol.
 
     jlml-leaderboard --config configs/leaderboard/cuhk01.yaml --root <folder holding cuhk01/>
 
@@ -26,7 +27,6 @@ share out the runs, and a board run waits while another runner tunes its model.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -38,16 +38,16 @@ from typing import Any, Dict, List, Optional, Tuple
 import yaml
 
 from . import report
-from ._cli import Tee, command_parser, main_wrapper
-from ._files import atomic_write_text, exclusive_lock
-from .config import (config_changes, config_chain, flatten, get_cfg, merge_values,
+from .._files import atomic_write_text, exclusive_lock
+from ..config import (config_changes, config_chain, flatten, get_cfg, merge_values,
                      trained_config)
-from .errors import ConfigError, NonFiniteLossError, one_line
-from .runner import train, validate
-from .selection import selection_record
+from ..errors import ConfigError, NonFiniteLossError, one_line
+from ..progress import Tee
+from ..runner import environment, train, validate
+from .sparsity import selection_record
 
 __all__ = ['Run', 'load_leaderboard', 'plan_runs', 'ablation_claims', 'tuning_spec', 'tuning_choices',
-           'run_leaderboard', 'versus', 'main']
+           'run_leaderboard', 'versus', 'rewrite_reports']
 
 _TOP_KEYS = {'name', 'title', 'output', 'root', 'splits', 'seeds', 'protocol', 'models',
              'ablations', 'tune'}
@@ -358,7 +358,7 @@ def run_leaderboard(config: str, root: str = '', output: str = '', only: Optiona
             for run in board.todo:
                 print(f'  would run {run.key} ({run.model})')
         return report.summarize(report.load_records(output))
-    env = report.environment()
+    env = environment()
     for board in boards:
         atomic_write_text(os.path.join(board.output, 'environment.json'), json.dumps(env, indent=1))
     _work(boards, spec, env)
@@ -545,27 +545,10 @@ def _header(spec: Dict[str, Any], env: Dict[str, Any]) -> str:
     return text
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = command_parser('jlml-leaderboard', __doc__.split('\n\n')[0])
-    parser.add_argument('--config', required=True, help='leaderboard YAML')
-    parser.add_argument('--root', default='', help='datasets folder (overrides the config)')
-    parser.add_argument('--output', default='', help='results folder (overrides the config)')
-    parser.add_argument('--only', default='', help='comma-separated labels to run')
-    parser.add_argument('--splits', default='',
-                        help='comma-separated split ids to run (of those planned)')
-    parser.add_argument('--dry-run', action='store_true', help='validate and list the runs left')
-    parser.add_argument('--report-only', action='store_true',
-                        help='rewrite tables and plots from the recorded results')
-    parser.add_argument('--versus', default='',
-                        help='another leaderboard config: compare each model with its run of '
-                             'the same label there, paired by query (e.g. two recipes)')
-    return parser
-
-
-def versus(config: str, other: str, output: str = '') -> List[Dict[str, Any]]:
+def versus(config: str, other: str, output: str = '') -> str:
     """Each label both boards ran, this board's runs minus the other's, paired by query in
     R1, mAP and R1 + mAP; written to ``versus_<other name>.{md,json}`` in this board's
-    folder and printed."""
+    folder. Returns the table."""
     spec, other_spec = load_leaderboard(config), load_leaderboard(other)
     output = output or spec['output']
     name, other_name = spec.get('name', 'this'), other_spec.get('name', 'other')
@@ -584,42 +567,18 @@ def versus(config: str, other: str, output: str = '') -> List[Dict[str, Any]]:
     atomic_write_text(os.path.join(output, f'versus_{other_name}.md'),
                       f'# {name} minus {other_name}, paired by query\n\n{table}'
                       f'{report.COMPARISONS_NOTE}')
-    print(table)
-    return rows
+    return table
 
 
-def run(argv: List[str]) -> int:
-    args = build_parser().parse_args(argv)
-    if args.versus:
-        versus(args.config, args.versus, args.output)
-        return 0
-    if args.report_only:
-        spec = load_leaderboard(args.config)
-        output = args.output or spec['output']
-        order = _label_order(plan_runs(spec))
-        records = report.load_records(output)
-        _write_report(spec, output, order, records[-1]['env'] if records else report.environment())
-        text = open(os.path.join(output, 'leaderboard.md'), encoding='utf-8').read()
-        comparisons = text.find('\n### rankings:')
-        comparisons = comparisons if comparisons >= 0 else text.find('\n### claims:')
-        if comparisons >= 0:  # every ranking and claim, with its interval and verdict
-            print(text[comparisons:].strip())
-        print(f'reports rewritten in {output}')
-        return 0
-    only = [s for s in args.only.split(',') if s]
-    try:
-        splits = [int(s) for s in args.splits.split(',') if s]
-    except ValueError:
-        raise ConfigError(f'--splits must be comma-separated split ids, got {args.splits!r}'
-                          ) from None
-    run_leaderboard(args.config, root=args.root, output=args.output, only=only,
-                    dry_run=args.dry_run, splits=splits)
-    return 0
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    return main_wrapper('jlml-leaderboard', run, argv)
-
-
-if __name__ == '__main__':
-    sys.exit(main())
+def rewrite_reports(config: str, output: str = '') -> Tuple[str, str]:
+    """Rewrites a board's tables and plots from its records alone; returns its folder and
+    the Markdown of its rankings and claims (each with its interval and verdict)."""
+    spec = load_leaderboard(config)
+    output = output or spec['output']
+    records = report.load_records(output)
+    _write_report(spec, output, _label_order(plan_runs(spec)),
+                  records[-1]['env'] if records else environment())
+    text = open(os.path.join(output, 'leaderboard.md'), encoding='utf-8').read()
+    start = text.find('\n### rankings:')
+    start = start if start >= 0 else text.find('\n### claims:')
+    return output, text[start:].strip() if start >= 0 else ''
