@@ -3,10 +3,15 @@ Imports point down only, so the library is usable without either and nothing imp
 command."""
 import ast
 import pathlib
+import shutil
+import subprocess
+import sys
+import zipfile
 
 import pytest
 
-PACKAGE = pathlib.Path(__file__).resolve().parents[1] / 'jlml_plugin'
+REPO = pathlib.Path(__file__).resolve().parents[1]
+PACKAGE = REPO / 'jlml_plugin'
 
 
 def _layer(module: str) -> int:
@@ -35,3 +40,23 @@ def test_imports_point_down_the_layers(path):
     module = '.'.join(path.relative_to(PACKAGE.parent).with_suffix('').parts)
     upward = [name for name in _imports(path) if _layer(name) > _layer(module)]
     assert not upward, f'{module} imports from a layer above it: {upward}'
+
+
+@pytest.mark.slow  # builds the wheel (seconds)
+def test_the_wheel_holds_every_package_and_not_the_packing_helper(tmp_path):
+    """An editable install finds any folder, so only the wheel shows a package left out
+    of setup.py (cli/ and tools/ once were)."""
+    # Built from a copy: a build/ folder left in the checkout would hide a missing package.
+    source = tmp_path / 'source'
+    source.mkdir()
+    for name in ('setup.py', 'pyproject.toml', 'README.md'):
+        shutil.copy(REPO / name, source / name)
+    for name in ('jlml_plugin', 'configs'):
+        shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns('__pycache__'))
+    subprocess.run([sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation',
+                    '-q', '-w', str(tmp_path), str(source)], check=True, capture_output=True)
+    names = set(zipfile.ZipFile(next(tmp_path.glob('*.whl'))).namelist())
+    modules = {str(path.relative_to(REPO)) for path in PACKAGE.rglob('*.py')}
+    assert modules - names == set()
+    assert 'jlml_plugin/configs/jlml_synthetic.yaml' in names  # jlml-train's default
+    assert not [name for name in names if 'gpukit_pack' in name]
