@@ -137,7 +137,7 @@ class JLMLEngine(_tr.engine.ImageSoftmaxEngine):
     @classmethod
     def check_config(cls, cfg) -> None:
         """The rules on this engine's keys, checked before anything is built."""
-        check_loss_weights({'global': cfg.jlml.weight_global, 'local': cfg.jlml.weight_local})
+        check_loss_weights(cls.config_kwargs(cfg)['loss_weights'])
         check_run_options(cfg.test.visrank, cfg.test.evaluate)
 
     @classmethod
