@@ -271,6 +271,22 @@ def test_tuning_choices_follow_the_rule(tmp_path):
                                                 'osnet_x0_25': {'train.lr': 0.01}}
 
 
+def test_report_only_rewrites_the_tuning_report_too(board, tmp_path, capsys):
+    spec = _tuning_spec(tmp_path, [0.001])
+    spec['output'] = board
+    for record in report.load_records(board):  # the board's split-0 runs as tuning runs
+        if record['label'] in ('jlml', 'osnet_x0_25') and record['split_id'] == 0:
+            report.append_record(spec['tune']['output'],
+                                 dict(record, label=record['label'] + '@train.lr=0.001'))
+    config = tmp_path / 'tuned.yaml'
+    config.write_text(yaml.safe_dump(spec))
+    code, out, err = _run(['--config', str(config), '--report-only'], capsys)
+    assert code == 0, err
+    assert f"reports rewritten in {tmp_path / 'tune'}" in out
+    table = open(tmp_path / 'tune' / 'leaderboard.md').read()
+    assert '\n| jlml@train.lr=0.001 | ' in table and '\n| osnet_x0_25@train.lr=0.001 | ' in table
+
+
 @pytest.mark.slow
 def test_tuning_then_a_board_of_two_seeds_with_the_choice(tmp_path, data_root, capsys):
     spec = _tuning_spec(tmp_path, [0.001, 0.003])

@@ -11,7 +11,8 @@ import sys
 from typing import List, Optional
 
 from ..errors import ConfigError
-from ..tools.leaderboard import rewrite_reports, run_leaderboard, versus
+from ..tools.leaderboard import (load_leaderboard, rewrite_reports, run_leaderboard,
+                                 tuning_spec, versus)
 from .common import command_parser, main_wrapper
 
 __all__ = ['main']
@@ -27,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help='comma-separated split ids to run (of those planned)')
     parser.add_argument('--dry-run', action='store_true', help='validate and list the runs left')
     parser.add_argument('--report-only', action='store_true',
-                        help='rewrite tables and plots from the recorded results')
+                        help='rewrite tables and plots from the recorded results (the tuning '
+                             'runs\' too, unless --output names another folder)')
     parser.add_argument('--versus', default='',
                         help='another leaderboard config: compare each model with its run of '
                              'the same label there, paired by query (e.g. two recipes)')
@@ -40,6 +42,8 @@ def run(argv: List[str]) -> int:
         print(versus(args.config, args.versus, args.output))
         return 0
     if args.report_only:
+        if not args.output and tuning_spec(load_leaderboard(args.config)):  # and its tuning runs'
+            print(f'reports rewritten in {rewrite_reports(args.config, tuning=True)[0]}')
         output, comparisons = rewrite_reports(args.config, args.output)
         if comparisons:  # every ranking and claim, with its interval and verdict
             print(comparisons)

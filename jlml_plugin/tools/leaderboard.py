@@ -570,10 +570,15 @@ def versus(config: str, other: str, output: str = '') -> str:
     return table
 
 
-def rewrite_reports(config: str, output: str = '') -> Tuple[str, str]:
-    """Rewrites a board's tables and plots from its records alone; returns its folder and
-    the Markdown of its rankings and claims (each with its interval and verdict)."""
+def rewrite_reports(config: str, output: str = '', tuning: bool = False) -> Tuple[str, str]:
+    """Rewrites a board's tables and plots (with ``tuning``, those of its tuning runs) from
+    its records alone; ``output`` overrides that board's folder. Returns the folder and the
+    Markdown of its rankings and claims (each with its interval and verdict)."""
     spec = load_leaderboard(config)
+    if tuning:
+        spec = tuning_spec(spec)
+        if spec is None:
+            raise ConfigError(f'{config} has no tune section, so no tuning runs to report')
     output = output or spec['output']
     records = report.load_records(output)
     _write_report(spec, output, _label_order(plan_runs(spec)),
