@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -63,6 +63,10 @@ class RankResult:
         out = {f'rank{k}': self.rank(k) for k in ranks if k <= len(self.cmc)}
         out.update(mAP=self.mAP, mINP=self.mINP, **self.extra)
         return out
+
+    def as_record(self, ranks=(1, 5, 10, 20)) -> Dict[str, Any]:
+        """:meth:`as_dict` with the CMC curve to rank 50, as results files keep it."""
+        return dict(self.as_dict(ranks), cmc=[float(v) for v in self.cmc[:50]])
 
 
 def _as_1d(name: str, values, n: int) -> np.ndarray:

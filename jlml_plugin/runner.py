@@ -112,6 +112,15 @@ class RunResult:
     num_params: int
     flops: int
 
+    def summary(self, cfg: CN) -> Dict[str, Any]:
+        """The run's cost, for a results file: epochs, training speed and time, wall time,
+        size, and when it finished."""
+        return dict(epochs=cfg.train.max_epoch,
+                    train_images_per_s=self.training.train_images_per_second,
+                    train_seconds=self.training.train_seconds, wall_seconds=self.wall_seconds,
+                    params=self.num_params, gflops=self.flops / 1e9,
+                    finished_at=time.strftime('%Y-%m-%dT%H:%M:%S'))
+
 
 def record_run(cfg: CN) -> None:
     """Writes what makes the run reproducible into ``save_dir``, as detectron2's

@@ -17,7 +17,6 @@ import json
 import os
 import re
 import sys
-import time
 from typing import List, Optional, Tuple
 
 from .. import _torchreid
@@ -102,14 +101,9 @@ def config_from_args(argv: List[str]):
 def write_results(cfg, result: RunResult) -> None:
     """``<save_dir>/results.json``: what the run printed last, as a record (each target's
     metrics, the training speed and wall time)."""
-    training = result.training
-    record = dict(
-        targets={name: dict(r.as_dict(tuple(cfg.test.ranks)), cmc=[float(v) for v in r.cmc[:50]])
-                 for name, r in training.results.items()},
-        epochs=cfg.train.max_epoch, train_images_per_s=training.train_images_per_second,
-        train_seconds=training.train_seconds, wall_seconds=result.wall_seconds,
-        params=result.num_params, gflops=result.flops / 1e9,
-        finished_at=time.strftime('%Y-%m-%dT%H:%M:%S'))
+    record = dict(targets={name: r.as_record(tuple(cfg.test.ranks))
+                           for name, r in result.training.results.items()},
+                  **result.summary(cfg))
     path = os.path.join(cfg.data.save_dir, 'results.json')
     atomic_write_text(path, json.dumps(record, indent=1) + '\n')
     print(f'Results written to {path}')

@@ -510,18 +510,12 @@ def _train_and_evaluate(cfg, run: Run, fingerprint: str, env: Dict[str, Any]
     finally:
         sys.stdout = console
         tee.close()
-    training = result.training
-    metrics = training.results[cfg.data.targets[0]]
+    metrics = result.training.results[cfg.data.targets[0]]
     record = dict(label=run.label, model=run.model, group=run.group, split_id=run.split_id,
-                seed=cfg.train.seed, dataset=cfg.data.targets[0], protocol=fingerprint,
-                **metrics.as_dict((1, 5, 10, 20)), cmc=[float(v) for v in metrics.cmc[:50]],
-                params=result.num_params, gflops=result.flops / 1e9,
-                input=f'{cfg.data.height}x{cfg.data.width}', epochs=cfg.train.max_epoch,
-                train_images_per_s=training.train_images_per_second,
-                train_seconds=training.train_seconds, wall_seconds=result.wall_seconds,
-                train_summary=training.train_summary, config=trained_config(cfg),
-                selection=selection_record(cfg.data.save_dir),
-                finished_at=time.strftime('%Y-%m-%dT%H:%M:%S'), env=env)
+                  seed=cfg.train.seed, dataset=cfg.data.targets[0], protocol=fingerprint,
+                  **metrics.as_record((1, 5, 10, 20)), input=f'{cfg.data.height}x{cfg.data.width}',
+                  train_summary=result.training.train_summary, config=trained_config(cfg),
+                  selection=selection_record(cfg.data.save_dir), env=env, **result.summary(cfg))
     return record, metrics.per_query.as_dict()
 
 
