@@ -269,6 +269,14 @@ def test_tuning_choices_follow_the_rule(tmp_path):
     # jlml: 0.9 at 0.001 and at 0.01, a tie that goes to the earlier point; osnet: 0.5 wins.
     assert leaderboard.tuning_choices(spec) == {'jlml': {'train.lr': 0.001},
                                                 'osnet_x0_25': {'train.lr': 0.01}}
+    tuning = leaderboard.tuning_spec(spec)
+    assert leaderboard.tuning_grid(tuning, tune)['osnet_x0_25'] == (
+        [({'train.lr': 0.001}, 0.4), ({'train.lr': 0.01}, 0.5), ({'train.lr': 0.1}, float('-inf'))],
+        {'train.lr': 0.01})
+    table = leaderboard._grid_table(tuning, tune)
+    assert '| model | train.lr=0.001 | train.lr=0.01 | train.lr=0.1 | chosen |\n' in table
+    assert '| jlml | **90.0** | 90.0 | 20.0 | train.lr=0.001 |\n' in table
+    assert '| osnet_x0_25 | 40.0 | **50.0** | diverged | train.lr=0.01 |\n' in table
 
 
 def test_report_only_rewrites_the_tuning_report_too(board, tmp_path, capsys):

@@ -46,7 +46,7 @@ from ..progress import Tee
 from ..runner import environment, train, validate
 from .sparsity import selection_record
 
-__all__ = ['Run', 'load_leaderboard', 'plan_runs', 'ablation_claims', 'tuning_spec', 'tuning_choices',
+__all__ = ['Run', 'load_leaderboard', 'plan_runs', 'ablation_claims', 'tuning_spec', 'tuning_choices', 'tuning_grid',
            'run_leaderboard', 'versus', 'rewrite_reports']
 
 _TOP_KEYS = {'name', 'title', 'output', 'root', 'splits', 'seeds', 'protocol', 'models',
@@ -264,16 +264,43 @@ def tuning_choices(spec: Dict[str, Any], output: str = '') -> Dict[str, Dict[str
     tuning = tuning_spec(spec)
     if tuning is None:
         return {}
-    folder = output or tuning['output']
+    return {label: choice for label, (_, choice) in
+            tuning_grid(tuning, output or tuning['output']).items() if choice is not None}
+
+
+def tuning_grid(tuning: Dict[str, Any], folder: str
+                ) -> Dict[str, Tuple[List[Tuple[Dict[str, Any], Optional[float]]], Optional[Dict[str, Any]]]]:
+    """Per model label: each grid point with its score by the tuning rule (None while it
+    has not finished, -inf where it diverged), and the chosen point (None until every
+    point has finished)."""
     score = TUNING_RULES[tuning['rule']]
     finished = {r['label']: score(r) for r in report.load_records(folder)}
     finished.update({r['label']: float('-inf') for r in report.load_diverged(folder)})
-    choices = {}
-    for entry in _models(spec):
-        points = [(_point_label(entry['label'], p), p) for p in _grid_points(tuning['grid'])]
-        if all(label in finished for label, _ in points):
-            choices[entry['label']] = max(points, key=lambda lp: finished[lp[0]])[1]
-    return choices
+    grid = {}
+    for label in dict.fromkeys(_tuned_model(entry['label']) for entry in tuning['models']):
+        scored = [(point, finished.get(_point_label(label, point)))
+                  for point in _grid_points(tuning['grid'])]
+        finished_all = all(value is not None for _, value in scored)
+        # max keeps the earlier point on a tie
+        grid[label] = (scored, max(scored, key=lambda pv: pv[1])[0] if finished_all else None)
+    return grid
+
+
+def _grid_table(tuning: Dict[str, Any], folder: str) -> str:
+    """The tuning runs as a grid: a row per model, a column per point, each cell the rule's
+    score in points, the chosen point in bold."""
+    grid = tuning_grid(tuning, folder)
+    points = [point for point, _ in next(iter(grid.values()))[0]] if grid else []
+    lines = [f"| model | {' | '.join(_point_label('', p)[1:] for p in points)} | chosen |",
+             '|---' * (len(points) + 2) + '|']
+    for label, (scored, choice) in grid.items():
+        cells = ['…' if value is None else 'diverged' if value == float('-inf')
+                 else f'**{value * 100:.1f}**' if point == choice else f'{value * 100:.1f}'
+                 for point, value in scored]
+        chosen = _point_label('', choice)[1:] if choice is not None else 'grid not finished'
+        lines.append(f"| {label} | {' | '.join(cells)} | {chosen} |")
+    return (f"\n### the grid: {tuning['rule']} (points) per model and grid point\n\n"
+            + '\n'.join(lines) + '\n')
 
 
 def _run_config(spec: Dict[str, Any], run: Run, root: str, output: str,
@@ -472,8 +499,11 @@ def _write_report(spec: Dict[str, Any], output: str, order: List[str], env: Dict
     reference, claims = ablation_claims(spec)
     rankings = [(reference, e['label'], f'{reference} beats {e["label"]}')
                 for e in _models(spec) if reference and e['label'] != reference]
+    header = _header(spec, env)
+    if 'grid' in spec:  # the tuning runs: each model's grid and its choice
+        header += _grid_table(spec, output)
     return report.write_report(output, order, title=spec.get('title', ''),
-                               header=_header(spec, env), rankings=rankings, claims=claims)
+                               header=header, rankings=rankings, claims=claims)
 
 
 def _finished_runs(output: str, fingerprint: str, configs: Dict[tuple, Any]
