@@ -249,3 +249,24 @@ def test_evaluate_target_also_scores_the_l2_normalised_feature():
     unit, _ = evaluate_target('toy', loaders, lambda x: x, torch.device('cpu'),
                               normalize_feature=True)
     assert unit.rank(1) == 1.0 and 'l2norm_rank1' not in unit.extra
+
+
+def test_the_l2_normalised_score_is_re_ranked_when_the_main_one_is():
+    import torch
+    from jlml_plugin.evaluation import evaluate_target
+
+    generator = torch.Generator().manual_seed(0)
+    feats = torch.randn(16, 8, generator=generator) * torch.rand(16, 1, generator=generator) * 5
+    pids = list(range(8)) * 2
+
+    def loaders():
+        return {'query': [{'img': feats[:8], 'pid': torch.tensor(pids[:8]), 'camid': torch.zeros(8)}],
+                'gallery': [{'img': feats[8:] + feats[:8] * 0.5, 'pid': torch.tensor(pids[8:]),
+                             'camid': torch.ones(8)}]}
+    raw, _ = evaluate_target('toy', loaders(), lambda x: x, torch.device('cpu'), rerank=True)
+    unit, _ = evaluate_target('toy', loaders(), lambda x: x, torch.device('cpu'),
+                              normalize_feature=True, rerank=True)
+    plain, _ = evaluate_target('toy', loaders(), lambda x: x, torch.device('cpu'),
+                               normalize_feature=True)
+    assert (raw.extra['l2norm_rank1'], raw.extra['l2norm_mAP']) == (unit.rank(1), unit.mAP)
+    assert raw.extra['l2norm_mAP'] != plain.mAP  # re-ranking changes this toy's score
