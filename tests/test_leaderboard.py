@@ -295,6 +295,12 @@ def test_report_only_rewrites_the_tuning_report_too(board, tmp_path, capsys):
     assert '\n| jlml@train.lr=0.001 | ' in table and '\n| osnet_x0_25@train.lr=0.001 | ' in table
 
 
+def test_report_only_without_records_says_so(tmp_path, capsys):
+    code, _, err = _run(['--config', SYNTHETIC, '--output', str(tmp_path), '--report-only'], capsys)
+    assert code == 2 and f'no records yet in {tmp_path}: nothing to report' in err
+    assert os.listdir(tmp_path) == []
+
+
 @pytest.mark.slow
 def test_tuning_then_a_board_of_two_seeds_with_the_choice(tmp_path, data_root, capsys):
     spec = _tuning_spec(tmp_path, [0.001, 0.003])

@@ -36,19 +36,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _report_only(config: str, output: str) -> int:
+    """Rewrites the board's reports (and its tuning runs', unless ``output`` names another
+    folder) and prints each ranking and claim with its interval and verdict."""
+    reports = [rewrite_reports(config, output)]
+    if not output and tuning_spec(load_leaderboard(config)):
+        reports.insert(0, rewrite_reports(config, tuning=True))
+    if all(comparisons is None for _, comparisons in reports):
+        raise ConfigError(f'no records yet in {" or ".join(folder for folder, _ in reports)}: '
+                          f'nothing to report; run the leaderboard first')
+    for folder, comparisons in reports:
+        if comparisons:
+            print(comparisons)
+        print(f'reports rewritten in {folder}' if comparisons is not None
+              else f'no records yet in {folder}')
+    return 0
+
+
 def run(argv: List[str]) -> int:
     args = build_parser().parse_args(argv)
     if args.versus:
         print(versus(args.config, args.versus, args.output))
         return 0
     if args.report_only:
-        if not args.output and tuning_spec(load_leaderboard(args.config)):  # and its tuning runs'
-            print(f'reports rewritten in {rewrite_reports(args.config, tuning=True)[0]}')
-        output, comparisons = rewrite_reports(args.config, args.output)
-        if comparisons:  # every ranking and claim, with its interval and verdict
-            print(comparisons)
-        print(f'reports rewritten in {output}')
-        return 0
+        return _report_only(args.config, args.output)
     only = [s for s in args.only.split(',') if s]
     try:
         splits = [int(s) for s in args.splits.split(',') if s]

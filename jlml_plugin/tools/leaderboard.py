@@ -594,10 +594,12 @@ def versus(config: str, other: str, output: str = '') -> str:
     return table
 
 
-def rewrite_reports(config: str, output: str = '', tuning: bool = False) -> Tuple[str, str]:
+def rewrite_reports(config: str, output: str = '', tuning: bool = False
+                    ) -> Tuple[str, Optional[str]]:
     """Rewrites a board's tables and plots (with ``tuning``, those of its tuning runs) from
     its records alone; ``output`` overrides that board's folder. Returns the folder and the
-    Markdown of its rankings and claims (each with its interval and verdict)."""
+    Markdown of its rankings and claims (each with its interval and verdict), or None
+    where the folder holds no records yet (then nothing is written)."""
     spec = load_leaderboard(config)
     if tuning:
         spec = tuning_spec(spec)
@@ -605,8 +607,9 @@ def rewrite_reports(config: str, output: str = '', tuning: bool = False) -> Tupl
             raise ConfigError(f'{config} has no tune section, so no tuning runs to report')
     output = output or spec['output']
     records = report.load_records(output)
-    _write_report(spec, output, _label_order(plan_runs(spec)),
-                  records[-1]['env'] if records else environment())
+    if not records:
+        return output, None
+    _write_report(spec, output, _label_order(plan_runs(spec)), records[-1]['env'])
     text = open(os.path.join(output, 'leaderboard.md'), encoding='utf-8').read()
     start = text.find('\n### rankings:')
     start = start if start >= 0 else text.find('\n### claims:')
