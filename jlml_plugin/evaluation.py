@@ -56,6 +56,7 @@ def evaluate_target(name: str, loaders, extract: Callable[[torch.Tensor], torch.
     print(f'##### Evaluating {name} #####')
     qf, q_pids, q_camids = extract_all(loaders['query'], extract, device, 'query')
     gf, g_pids, g_camids = extract_all(loaders['gallery'], extract, device, 'gallery')
+
     def distances(qf: torch.Tensor, gf: torch.Tensor) -> np.ndarray:
         distmat = _tr.metrics.compute_distance_matrix(qf, gf, dist_metric).numpy()
         if not rerank:
@@ -72,8 +73,8 @@ def evaluate_target(name: str, loaders, extract: Callable[[torch.Tensor], torch.
     result = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids,
                            max_rank=max(50, *ranks), use_metric_cuhk03=use_metric_cuhk03)
     if not normalize_feature:  # scored as the main feature is, re-ranking included
-        normalised = evaluate_rank(distances(F.normalize(qf, p=2, dim=1), F.normalize(gf, p=2, dim=1)),
-                                   q_pids, g_pids, q_camids, g_camids,
+        unit = distances(F.normalize(qf, p=2, dim=1), F.normalize(gf, p=2, dim=1))
+        normalised = evaluate_rank(unit, q_pids, g_pids, q_camids, g_camids,
                                    max_rank=1, use_metric_cuhk03=use_metric_cuhk03)
         result.extra.update(l2norm_rank1=normalised.rank(1), l2norm_mAP=normalised.mAP)
     if single_shot and not use_metric_cuhk03:

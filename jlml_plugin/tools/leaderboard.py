@@ -46,8 +46,8 @@ from ..progress import Tee
 from ..runner import environment, train, validate
 from .sparsity import selection_record
 
-__all__ = ['Run', 'load_leaderboard', 'plan_runs', 'ablation_claims', 'tuning_spec', 'tuning_choices', 'tuning_grid',
-           'run_leaderboard', 'versus', 'rewrite_reports']
+__all__ = ['Run', 'load_leaderboard', 'plan_runs', 'ablation_claims', 'tuning_spec',
+           'tuning_choices', 'tuning_grid', 'run_leaderboard', 'versus', 'rewrite_reports']
 
 _TOP_KEYS = {'name', 'title', 'output', 'root', 'splits', 'seeds', 'protocol', 'models',
              'ablations', 'tune'}
@@ -268,8 +268,11 @@ def tuning_choices(spec: Dict[str, Any], output: str = '') -> Dict[str, Dict[str
             tuning_grid(tuning, output or tuning['output']).items() if choice is not None}
 
 
-def tuning_grid(tuning: Dict[str, Any], folder: str
-                ) -> Dict[str, Tuple[List[Tuple[Dict[str, Any], Optional[float]]], Optional[Dict[str, Any]]]]:
+#: A model's tuning: each grid point with its score, and the chosen point.
+TuningGrid = Tuple[List[Tuple[Dict[str, Any], Optional[float]]], Optional[Dict[str, Any]]]
+
+
+def tuning_grid(tuning: Dict[str, Any], folder: str) -> Dict[str, TuningGrid]:
     """Per model label: each grid point with its score by the tuning rule (None while it
     has not finished, -inf where it diverged), and the chosen point (None until every
     point has finished)."""
