@@ -56,7 +56,10 @@ class Hook:
 
 
 def format_losses(summary: Dict[str, float]) -> str:
-    return ' '.join(f'{name} {value:.3f}' for name, value in summary.items())
+    """``name value`` pairs, three decimals; a value under 0.01 (a threshold τ, say) in
+    scientific notation, so that it does not print as 0.000."""
+    return ' '.join(f'{name} {value:.2e}' if 0 < abs(value) < 0.01 else f'{name} {value:.3f}'
+                    for name, value in summary.items())
 
 
 class Throughput(Hook):

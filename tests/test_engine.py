@@ -266,3 +266,9 @@ def test_progress_is_plain_lines_where_nothing_is_redrawn(capsys):
     assert all('\r' not in line and ' eta ' in line for line in lines)
     assert lines[-1].endswith('loss 9')
     assert progress(10, 'rank 1', enabled=False).disable
+
+
+def test_the_epoch_line_prints_small_values_in_scientific_notation():
+    from jlml_plugin.hooks import format_losses
+    assert (format_losses({'loss': 6.3181, 'tau_reg_global': 5.1e-6, 'zeros_reg_global': 0.0})
+            == 'loss 6.318 tau_reg_global 5.10e-06 zeros_reg_global 0.000')
