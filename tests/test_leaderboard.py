@@ -295,6 +295,36 @@ def test_report_only_rewrites_the_tuning_report_too(board, tmp_path, capsys):
     assert '\n| jlml@train.lr=0.001 | ' in table and '\n| osnet_x0_25@train.lr=0.001 | ' in table
 
 
+def test_copy_run_moves_a_finished_run_in_and_refuses_another_config(board, tmp_path, capsys):
+    source = tmp_path / 'source.yaml'
+    source.write_text(yaml.safe_dump(dict(yaml.safe_load(open(SYNTHETIC)), output=board)))
+    spec = dict(yaml.safe_load(open(SYNTHETIC)), name='copy', output=str(tmp_path / 'copy'),
+                ablations={}, models=[{'name': 'jlml', 'label': 'jlml_again'},
+                                      {'name': 'jlml', 'label': 'jlml_lambda0',
+                                       'overrides': {'jlml': {'reg_global': {'weight': 0.0}}}}])
+    config = tmp_path / 'copy.yaml'
+    config.write_text(yaml.safe_dump(spec))
+    code, out, err = _run(['--config', str(config), '--copy-run', str(source), 'jlml',
+                           'jlml_again'], capsys)
+    assert code == 0, err
+    copied = report.load_records(str(tmp_path / 'copy'))
+    originals = {r['split_id']: r for r in report.load_records(board) if r['label'] == 'jlml'}
+    assert sorted(r['split_id'] for r in copied) == [0, 1]  # every split the board plans
+    for record in copied:
+        assert record['label'] == 'jlml_again' and record['reused_from'] == f'{board} (jlml)'
+        assert record['rank1'] == originals[record['split_id']]['rank1']
+    assert [q['label'] for q in report.load_queries(str(tmp_path / 'copy'))] == ['jlml_again'] * 2
+    assert '| jlml_again |' in open(tmp_path / 'copy' / 'leaderboard.md').read()
+    # jlml trained λ_g = 0.01, not the 0 that jlml_lambda0 names: refused, nothing written.
+    code, _, err = _run(['--config', str(config), '--copy-run', str(source), 'jlml',
+                         'jlml_lambda0'], capsys)
+    assert code == 2 and 'jlml trained another config than jlml_lambda0: jlml.reg_global.weight' in err
+    assert len(report.load_records(str(tmp_path / 'copy'))) == 2
+    code, _, err = _run(['--config', str(config), '--copy-run', str(source), 'jlml', 'nobody'],
+                        capsys)
+    assert code == 2 and "plans no run labelled 'nobody'" in err
+
+
 def test_report_only_without_records_says_so(tmp_path, capsys):
     code, _, err = _run(['--config', SYNTHETIC, '--output', str(tmp_path), '--report-only'], capsys)
     assert code == 2 and f'no records yet in {tmp_path}: nothing to report' in err

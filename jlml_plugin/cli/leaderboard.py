@@ -11,8 +11,8 @@ import sys
 from typing import List, Optional
 
 from ..errors import ConfigError
-from ..tools.leaderboard import (load_leaderboard, rewrite_reports, run_leaderboard,
-                                 tuning_spec, versus)
+from ..tools.leaderboard import (copy_run, load_leaderboard, rewrite_reports,
+                                 run_leaderboard, tuning_spec, versus)
 from .common import command_parser, main_wrapper
 
 __all__ = ['main']
@@ -33,6 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--versus', default='',
                         help='another leaderboard config: compare each model with its run of '
                              'the same label there, paired by query (e.g. two recipes)')
+    parser.add_argument('--copy-run', nargs=3, metavar=('SOURCE_CONFIG', 'SOURCE_LABEL', 'LABEL'),
+                        help='copy a run another board has trained (same protocol, config, '
+                             'split and seed) into this board or its tuning runs as LABEL, '
+                             'instead of training it')
     return parser
 
 
@@ -60,6 +64,12 @@ def run(argv: List[str]) -> int:
         return 0
     if args.report_only:
         return _report_only(args.config, args.output)
+    if args.copy_run:
+        for record in copy_run(args.copy_run[0], args.copy_run[1], args.config, args.copy_run[2]):
+            print(f'{record["label"]} split {record["split_id"]} seed {record.get("seed", 1)}: '
+                  f'R1 {record["rank1"]:.1%} mAP {record["mAP"]:.1%}, copied from '
+                  f'{record["reused_from"]}')
+        return 0
     only = [s for s in args.only.split(',') if s]
     try:
         splits = [int(s) for s in args.splits.split(',') if s]

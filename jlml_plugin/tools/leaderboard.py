@@ -47,7 +47,8 @@ from ..runner import environment, train, validate
 from .sparsity import selection_record
 
 __all__ = ['Run', 'load_leaderboard', 'plan_runs', 'ablation_claims', 'tuning_spec',
-           'tuning_choices', 'tuning_grid', 'run_leaderboard', 'versus', 'rewrite_reports']
+           'tuning_choices', 'tuning_grid', 'run_leaderboard', 'versus', 'rewrite_reports',
+           'copy_run']
 
 _TOP_KEYS = {'name', 'title', 'output', 'root', 'splits', 'seeds', 'protocol', 'models',
              'ablations', 'tune'}
@@ -595,6 +596,51 @@ def versus(config: str, other: str, output: str = '') -> str:
                       f'# {name} minus {other_name}, paired by query\n\n{table}'
                       f'{report.COMPARISONS_NOTE}')
     return table
+
+
+def copy_run(source_config: str, source_label: str, config: str, label: str
+             ) -> List[Dict[str, Any]]:
+    """Copies runs another board has already trained into this board (or its tuning runs)
+    instead of training them again: e.g. a selection-path point that is also a tuning
+    point. Each planned run labelled ``label`` whose split and seed ``source_label`` ran
+    there moves in, record and per-query outcomes, with ``reused_from``; the reports are
+    rewritten. Refused unless the protocol fingerprint and the trained config (key by key)
+    match. Returns the copied records."""
+    spec = load_leaderboard(config)
+    boards = [Board(spec, spec['output'], '')]
+    tuning = tuning_spec(spec)
+    if tuning:
+        boards.append(Board(tuning, tuning['output'], '', tuning=True))
+    planned = [(board, run) for board in boards for run in board.runs if run.label == label]
+    if not planned:
+        raise ConfigError(f'{config} plans no run labelled {label!r}')
+    source = load_leaderboard(source_config)['output']
+    records = {report.run_key(r): r for r in report.load_records(source)}
+    queries = {report.run_key(q): q for q in report.load_queries(source)}
+    choices = tuning_choices(spec)
+    copied = []
+    for board, run in planned:
+        key = (source_label, run.split_id, run.seed)
+        if key not in records or key not in queries:
+            continue
+        record = records[key]
+        if record['protocol'] != board.fingerprint:
+            raise ConfigError(f'{source_label} ran under another protocol ({record["protocol"]} '
+                              f'vs {board.fingerprint}); it cannot stand for {label}')
+        changes = config_changes(record['config'], trained_config(board.config(run, choices)))
+        if changes:
+            raise ConfigError(f'{source_label} trained another config than {label}: '
+                              + '; '.join(changes))
+        record = dict(record, label=run.label, group=run.group,
+                      reused_from=f'{source} ({source_label})')
+        report.append_record(board.output, record, {k: v for k, v in queries[key].items()
+                                                    if k not in ('label', 'split_id', 'seed')})
+        board.write_report(record['env'])
+        copied.append(record)
+    if not copied:
+        raise ConfigError(f'{source} holds no run of {source_label!r} with per-query outcomes '
+                          f'on the splits and seeds {config} plans for {label!r}')
+    return copied
 
 
 def rewrite_reports(config: str, output: str = '', tuning: bool = False
