@@ -330,6 +330,24 @@ def _trained_selection(tiny_opts, tmp_path, scale):
     return selection_summary(checkpoint['state_dict'], checkpoint_terms(checkpoint))
 
 
+def test_a_jlml_checkpoint_reports_both_feature_layers_whichever_it_trained():
+    # A point of the global term's path (λ_l = 0) is the λ_l = 0 point of the local one's.
+    from dataclasses import asdict
+    from jlml_plugin.models import build
+    from jlml_plugin.tools.sparsity import checkpoint_terms
+    kwargs = dict(feat_dim=16, stem_width=8, global_widths=[4, 8, 8, 16],
+                  local_widths=[4, 4, 8, 8])
+    model = build('jlml', 5, **kwargs)
+    trained = jlml_terms(model, 0.01, 0.0)[:1]
+    checkpoint = dict(state_dict=model.state_dict(), meta=dict(
+        model_name='jlml', model_kwargs=kwargs, sparsity=[asdict(t) for t in trained]))
+    assert [(t.name, t.kind, t.weight) for t in checkpoint_terms(checkpoint)] == [
+        ('reg_global', 'group_lasso', 0.01), ('reg_local', 'exclusive_group_lasso', 0.0)]
+    ridge = [dict(asdict(trained[0]), kind='ridge')]  # a control keeps its own kind
+    checkpoint['meta']['sparsity'] = ridge
+    assert [t.kind for t in checkpoint_terms(checkpoint)] == ['ridge', 'exclusive_group_lasso']
+
+
 @pytest.mark.slow
 def test_a_large_lambda_switches_units_off_and_lambda_zero_does_not(tiny_opts, tmp_path):
     # 3000x (1.5, 1.5e-3), 18 steps: (torch 2.14, CPU) all 64 global columns and 33.9% of

@@ -38,15 +38,19 @@ OFF_RATIO = 1e-3
 
 
 def checkpoint_terms(checkpoint: Dict[str, Any]) -> List[SparsityTerm]:
-    """The terms a checkpoint was trained with (its ``meta``), or JLML's two for a JLML
-    checkpoint trained with none (lambda = 0), so the two can be compared."""
+    """The terms a checkpoint was trained with (its ``meta``). On a JLML model, each of
+    JLML's two feature layers that no term trained is added with its term at weight 0:
+    every run of a path then reports both layers, and its lambda = 0 point is the
+    reference of either term's path."""
     meta = checkpoint.get('meta') or {}
     terms = [SparsityTerm(**t) for t in meta.get('sparsity') or []]
-    if terms:
-        return terms
     name = meta.get('model_name', '')
     if name in MODELS:
-        return jlml_terms(build(name, 1, **meta.get('model_kwargs', {})), 0.0, 0.0)
+        trained = {term.name: term for term in terms}
+        untrained = jlml_terms(build(name, 1, **meta.get('model_kwargs', {})), 0.0, 0.0)
+        terms = [trained.pop(t.name, t) for t in untrained] + list(trained.values())
+    if terms:
+        return terms
     raise CheckpointError('the checkpoint names no sparsity terms and no JLML model; '
                           'train it with jlml.reg_*.param set, or pass a JLML checkpoint')
 
