@@ -162,6 +162,18 @@ def _config(tmp_path, **changes):
     return str(path)
 
 
+def test_an_ablation_may_state_several_claims():
+    spec = yaml.safe_load(open(SYNTHETIC))
+    spec['ablations']['models'] = [
+        {'name': 'jlml', 'label': 'jlml_ridge', 'claim': 'structured sparsity adds to ridge'},
+        {'name': 'jlml', 'label': 'jlml_lambda0', 'claim': 'the regularisers help',
+         'claims': [{'claim': 'regularising helps', 'against': 'jlml_ridge'}]}]
+    assert leaderboard.ablation_claims(spec) == ('jlml', [
+        ('jlml', 'jlml_ridge', 'structured sparsity adds to ridge'),
+        ('jlml', 'jlml_lambda0', 'the regularisers help'),
+        ('jlml_ridge', 'jlml_lambda0', 'regularising helps')])
+
+
 @pytest.mark.parametrize('changes,message', [
     (dict(models=['jlml', 'resnet5O']), "resnet5O: unknown model 'resnet5O'; choose from"),
     (dict(models=[{'name': 'osnet_x0_25', 'overrides': {'train': {'lr': 0.1}}}]),
@@ -177,7 +189,11 @@ def _config(tmp_path, **changes):
     (dict(ablations={'refrence': 'jlml'}), "unknown ablations key(s) ['refrence']"),
     (dict(ablations={'reference': 'jlmI', 'models': [{'name': 'jlml_global', 'claim': 'x'}]}),
      "jlml_global: its claim must be measured against a planned model (ablations.reference "
-     "or the entry's against), one of ['jlml', 'osnet_x0_25']; got 'jlmI'"),
+     "or the claim's against), one of ['jlml', 'osnet_x0_25']; got 'jlmI'"),
+    (dict(ablations={'reference': 'jlml', 'models': [
+        {'name': 'jlml_global', 'claims': ['joint features beat global-only']}]}),
+     "jlml_global: each of its claims is a {claim, against} mapping with a claim text; "
+     "got 'joint features beat global-only'"),
 ])
 def test_bad_configs_fail_before_any_training(tmp_path, data_root, capsys, changes, message):
     output = tmp_path / 'out'

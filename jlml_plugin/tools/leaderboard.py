@@ -168,27 +168,36 @@ def _ablation_entries(spec: Dict[str, Any]) -> List[Dict[str, Any]]:
         raise ConfigError(f'unknown ablations key(s) {sorted(unknown)}; expected '
                           f'{sorted(_ABLATION_KEYS)}')
     return _entries(ablations.get('models'), 'ablations.models',
-                    _ENTRY_KEYS + ('claim', 'against'))
+                    _ENTRY_KEYS + ('claim', 'against', 'claims'))
 
 
 def ablation_claims(spec: Dict[str, Any]) -> Tuple[str, List[Tuple[str, str, str]]]:
     """The model the ablations are measured against, and each stated claim as ``(a, b,
     claim)``: what ``a`` beating ablation ``b`` would show (e.g. 'joint features beat
-    global-only'). ``a`` is ``ablations.reference``, or the entry's own ``against`` (a
-    planned label: e.g. both arms at lambda 0)."""
+    global-only'). ``a`` is ``ablations.reference``, or the claim's own ``against`` (a
+    planned label: e.g. both arms at lambda 0). An entry states one claim with ``claim``
+    (and ``against``), and more with ``claims``, a list of ``{claim, against}``: e.g.
+    lambda = 0 measured against JLML and against a control."""
     reference = (spec.get('ablations') or {}).get('reference', '')
     labels = [e['label'] for e in _models(spec)]
     planned = labels + [e['label'] for e in _ablation_entries(spec)]
     claims = []
     for entry in _ablation_entries(spec):
-        if not entry.get('claim'):
-            continue
-        against = entry.get('against') or reference
-        if against not in planned or (against == reference and reference not in labels):
-            raise ConfigError(f'{entry["label"]}: its claim must be measured against a planned '
-                              f'model (ablations.reference or the entry\'s against), one of '
-                              f'{labels}; got {against!r}')
-        claims.append((against, entry['label'], entry['claim']))
+        stated = [{'claim': entry['claim'], 'against': entry.get('against')}
+                  ] if entry.get('claim') else []
+        for item in entry.get('claims') or []:
+            if (not isinstance(item, dict) or not item.get('claim')
+                    or set(item) - {'claim', 'against'}):
+                raise ConfigError(f'{entry["label"]}: each of its claims is a {{claim, against}} '
+                                  f'mapping with a claim text; got {item!r}')
+            stated.append(item)
+        for item in stated:
+            against = item.get('against') or reference
+            if against not in planned or (against == reference and reference not in labels):
+                raise ConfigError(f'{entry["label"]}: its claim must be measured against a '
+                                  f'planned model (ablations.reference or the claim\'s against), '
+                                  f'one of {labels}; got {against!r}')
+            claims.append((against, entry['label'], item['claim']))
     return reference, claims
 
 
