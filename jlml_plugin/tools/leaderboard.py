@@ -369,10 +369,7 @@ def run_leaderboard(config: str, root: str = '', output: str = '', only: Optiona
     spec = load_leaderboard(config)
     output = output or spec['output']
     root = root or spec.get('root', '')
-    boards = [Board(spec, output, root)]
-    tuning = tuning_spec(spec)
-    if tuning:  # the tuning runs come first: the board's runs need their choices
-        boards.insert(0, Board(tuning, tuning['output'], root, tuning=True))
+    boards = _boards(spec, output, root)
     if only and not any(_select(board.runs, only, None, board.tuning) for board in boards):
         raise ConfigError(f'--only {",".join(only)} matches no leaderboard entry')
     for board in boards:
@@ -403,6 +400,16 @@ def run_leaderboard(config: str, root: str = '', output: str = '', only: Optiona
         atomic_write_text(os.path.join(board.output, 'environment.json'), json.dumps(env, indent=1))
     _work(boards, spec, env)
     return boards[-1].write_report(env)
+
+
+def _boards(spec: Dict[str, Any], output: str, root: str) -> List['Board']:
+    """The board of ``spec`` (results in ``output``), after its tuning runs' board where it
+    has a ``tune`` section: the board's runs need their choices."""
+    boards = [Board(spec, output, root)]
+    tuning = tuning_spec(spec)
+    if tuning:
+        boards.insert(0, Board(tuning, tuning['output'], root, tuning=True))
+    return boards
 
 
 class Board:
@@ -616,10 +623,7 @@ def copy_run(source_config: str, source_label: str, config: str, label: str
     rewritten. Refused unless the protocol fingerprint and the trained config (key by key)
     match. Returns the copied records."""
     spec = load_leaderboard(config)
-    boards = [Board(spec, spec['output'], '')]
-    tuning = tuning_spec(spec)
-    if tuning:
-        boards.append(Board(tuning, tuning['output'], '', tuning=True))
+    boards = _boards(spec, spec['output'], '')
     planned = [(board, run) for board in boards for run in board.runs if run.label == label]
     if not planned:
         raise ConfigError(f'{config} plans no run labelled {label!r}')
@@ -644,12 +648,13 @@ def copy_run(source_config: str, source_label: str, config: str, label: str
                       reused_from=f'{source} ({source_label})')
         report.append_record(board.output, record, {k: v for k, v in queries[key].items()
                                                     if k not in ('label', 'split_id', 'seed')})
-        board.write_report(record['env'])
-        copied.append(record)
+        copied.append((board, record))
     if not copied:
         raise ConfigError(f'{source} holds no run of {source_label!r} with per-query outcomes '
                           f'on the splits and seeds {config} plans for {label!r}')
-    return copied
+    for board in dict.fromkeys(board for board, _ in copied):  # each report once
+        board.write_report(copied[-1][1]['env'])
+    return [record for _, record in copied]
 
 
 def rewrite_reports(config: str, output: str = '', tuning: bool = False
