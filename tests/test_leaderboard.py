@@ -398,19 +398,30 @@ def test_versus_pairs_each_model_with_its_run_on_another_board(tmp_path, capsys)
 def test_a_selection_path_from_records(tmp_path, capsys):
     from jlml_plugin.cli import sparsity as sparsity_cli
     folder = str(tmp_path)
-    for label, lam, zeros, off, r1 in [('l0', 0.0, 0, 3, 0.3), ('l1', 0.01, 10, 40, 0.4),
+    # Two identities, two queries each. l1 is the best point; it finds both identities'
+    # first query at rank 1 where l0 finds one, so each resample of identities gives
+    # l1 − l0 = +50 R1 exactly: a degenerate interval [+50, +50]. l2 has no per-query record.
+    first_ranks = {'l0': [1, 2, 2, 2], 'l1': [1, 1, 1, 2]}
+    for label, lam, zeros, off, r1 in [('l0', 0.0, 0, 3, 0.25), ('l1', 0.01, 10, 40, 0.75),
                                        ('l2', 0.1, 900, 1000, 0.2)]:
+        per_query = dict(index=[0, 1, 2, 3], pid=[0, 0, 1, 1], first_rank=first_ranks[label],
+                         ap=[1 / r for r in first_ranks[label]]) if label in first_ranks else None
         report.append_record(folder, dict(
             label=label, split_id=0, rank1=r1, mAP=r1, config={'jlml.reg_global.weight': lam},
-            selection={'reg_global': dict(units=1024, exact_zeros=zeros, off=off)}))
+            selection={'reg_global': dict(units=1024, exact_zeros=zeros, off=off)}), per_query)
     report.append_record(folder, dict(label='osnet', split_id=0, rank1=0.5, mAP=0.5,
                                       config={}, selection=None))
     assert sparsity_cli.main(['--board', folder, '--key', 'jlml.reg_global.weight']) == 0
     out = capsys.readouterr().out
-    assert '0.01      80.0          10 / 40 ' in out
+    assert '0.01     150.0          10 / 40           best' in out
+    assert '+50.0 [+50.0, +50.0], +25.0 [+25.0, +25.0]' in out
     saved = json.load(open(tmp_path / 'path_jlml.reg_global.weight.json'))
     assert [p['value'] for p in saved['points']] == [0.0, 0.01, 0.1]  # osnet has no key
     assert saved['points'][2]['terms']['reg_global'] == dict(units=1024, exact_zeros=900, off=1000)
+    assert saved['best'] == 'l1'
+    lead = saved['points'][0]['best_minus_this']
+    assert lead['rank1'] == dict(mean=50.0, low=50.0, high=50.0, verdict='holds')
+    assert [saved['points'][i]['best_minus_this'] for i in (1, 2)] == [None, None]
     assert os.path.getsize(tmp_path / 'path_jlml.reg_global.weight.png') > 0
     assert sparsity_cli.main(['--board', folder, '--key', 'jlml.reg_local.weight']) == 2
     assert 'a path needs 2 or more' in capsys.readouterr().err

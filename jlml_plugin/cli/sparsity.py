@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from typing import List, Optional
 
-from ..tools.sparsity import write_checkpoint_selection, write_path
+from ..tools.sparsity import best_point, write_checkpoint_selection, write_path
 from .common import command_parser, main_wrapper
 
 __all__ = ['main']
@@ -38,11 +38,17 @@ def run(argv: List[str]) -> int:
         points, png = write_path(args.board, args.key,
                                  [label for label in args.labels.split(',') if label], args.output)
         names = sorted({n for p in points for n in p['terms']})
-        print(f'{args.key:>24} {"R1 + mAP":>9} ' + ' '.join(f'{n + " 0 / off":>24}' for n in names))
+        best = best_point(points)['label']
+        print(f'{args.key:>24} {"R1 + mAP":>9} ' + ' '.join(f'{n + " 0 / off":>24}' for n in names)
+              + f'  {best} minus it: R1, mAP [95% CI]')
         for p in points:
+            lead = p['best_minus_this']
             print(f'{p["value"]:>24g} {p["score"] * 100:>9.1f} ' + ' '.join(
                 f'{p["terms"][n]["exact_zeros"]:>11} / {p["terms"][n]["off"]:<11}'
-                if n in p['terms'] else f'{"–":>24}' for n in names))
+                if n in p['terms'] else f'{"–":>24}' for n in names) + '  ' + (
+                'best' if p['label'] == best else 'no per-query records' if lead is None
+                else ', '.join(f'{lead[m]["mean"]:+.1f} [{lead[m]["low"]:+.1f}, '
+                               f'{lead[m]["high"]:+.1f}]' for m in ('rank1', 'mAP'))))
     else:
         summary, png = write_checkpoint_selection(args.checkpoint, args.output)
         print(f'{"term":<11} {"kind":<22} {"units":>7} {"exactly 0":>10} {"off (<1e-3)":>12}')

@@ -11,7 +11,8 @@ With ``--board``, it draws the **selection path** of a leaderboard's runs that d
 one config ``--key`` (a lambda, say), like glmnet's regularisation path: against the key,
 each run's R1 + mAP (with its 95% interval where per-query records exist) and, per term,
 the fraction of units exactly zero and under ``1e-3`` of the largest, from the
-``selection`` each leaderboard record carries.
+``selection`` each leaderboard record carries; and the best point's paired lead over each
+other point, with its interval, so a choice along the path comes with its evidence.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from ..models import MODELS, build
 from ..regularizers import SparsityTerm, jlml_terms, selection_norms
 
 __all__ = ['OFF_RATIO', 'checkpoint_terms', 'selection_summary', 'selection_record',
-           'selection_path', 'plot_path', 'plot_selection', 'write_path',
+           'selection_path', 'best_point', 'plot_path', 'plot_selection', 'write_path',
            'write_checkpoint_selection']
 
 #: A unit below this fraction of the largest one counts as switched off.
@@ -101,7 +102,11 @@ def selection_record(save_dir: str) -> Optional[Dict[str, Dict[str, Any]]]:
 def selection_path(records: List[Dict[str, Any]], queries: List[Dict[str, Any]], key: str
                    ) -> List[Dict[str, Any]]:
     """One point per record with ``key`` in its config and a ``selection``, sorted by the
-    key: its value, R1 + mAP (and interval), and per term the units, exact zeros and off."""
+    key: its value, R1 + mAP (and interval), per term the units, exact zeros and off, and
+    ``best_minus_this``: the path's best point (:func:`best_point`) minus this one in R1
+    and mAP, paired by query, with the interval and verdict of
+    :func:`jlml_plugin.tools.report.compare` (None at the best point, or without per-query
+    records)."""
     points = []
     for record in records:
         if key not in record.get('config', {}) or not record.get('selection'):
@@ -114,7 +119,21 @@ def selection_path(records: List[Dict[str, Any]], queries: List[Dict[str, Any]],
             interval=[interval.low, interval.high] if interval else None,
             terms={name: {k: e[k] for k in ('units', 'exact_zeros', 'off')}
                    for name, e in record['selection'].items()}))
-    return sorted(points, key=lambda p: p['value'])
+    points.sort(key=lambda p: p['value'])
+    best = best_point(points) if points else None
+    for point in points:
+        point['best_minus_this'] = None
+        if point is not best:
+            row, = report.compare(records, queries, [(best['label'], point['label'], '')])
+            if row['rank1']:
+                point['best_minus_this'] = {m: row[m] for m in report.COMPARED}
+    return points
+
+
+def best_point(points: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """The point with the highest R1 + mAP, the smaller value on a tie: the rule the
+    sparsity_path configs state before their runs."""
+    return max(sorted(points, key=lambda p: p['value']), key=lambda p: p['score'])
 
 
 def plot_path(points: List[Dict[str, Any]], key: str, path: str) -> None:
@@ -191,7 +210,7 @@ def write_path(board: str, key: str, labels: List[str], png: str = '') -> Tuple[
     png = png or os.path.join(board, f'path_{key}.png')
     plot_path(points, key, png)
     with atomic_open(os.path.splitext(png)[0] + '.json', 'w') as f:
-        json.dump(dict(key=key, points=points), f, indent=1)
+        json.dump(dict(key=key, best=best_point(points)['label'], points=points), f, indent=1)
     return points, png
 
 
