@@ -202,12 +202,12 @@ def add_jlml_config(cfg: CN) -> CN:
     cfg.jlml.weight_local = 1.0     # w_l, weight of the local branch's identity loss
     cfg.jlml.reg_global = CN()      # R_g: structured sparsity on the global feature layer
     cfg.jlml.reg_global.kind = 'group_lasso'            # L2,1 over input columns (controls: l1, ridge)
-    cfg.jlml.reg_global.weight = LAMBDA_GLOBAL          # lambda_g = 1.5e-2 (cuhk01_val; 0 = off)
+    cfg.jlml.reg_global.weight = LAMBDA_GLOBAL          # lambda_g = 1e-2 (cuhk01_tune; 0 = off)
     cfg.jlml.reg_global.param = ''  # '' = the model's global feature layer; any named
     #                                 parameter works, e.g. 'fc.0.weight' on osnet
     cfg.jlml.reg_local = CN()       # R_l: structured sparsity on the local feature layer
     cfg.jlml.reg_local.kind = 'exclusive_group_lasso'   # L1,2, one group per stripe (controls: l1, ridge)
-    cfg.jlml.reg_local.weight = LAMBDA_LOCAL            # lambda_l = 1.5e-4 (cuhk01_val; 0 = off)
+    cfg.jlml.reg_local.weight = LAMBDA_LOCAL            # lambda_l = 1e-4 (cuhk01_tune; 0 = off)
     cfg.jlml.reg_local.param = ''   # '' = the model's local feature layer
     cfg.jlml.reg_local.groups = 0   # column groups; 0 = num_stripes on JLML models, else 1
 
