@@ -9,7 +9,8 @@ default) and before it (``jlml.pre_relu_feature``), this evaluates each half alo
 joined feature, the joined feature L2-normalised, and each half normalised before joining
 (``jlml.normalize_branches``), all with the Euclidean distance. None of these changes
 training, so one checkpoint scores them all. Use a validation set (``cuhk01_val``) when
-the answer will steer a design choice; ``--output`` keeps the scores as a JSON record.
+the answer will steer a design choice; ``--output`` keeps the scores as a JSON record, with each view's per-query outcomes
+(identity, rank of the first true match, AP), so two views or two runs can be paired.
 """
 import argparse
 import json
@@ -58,7 +59,7 @@ def main():
         batch_size_test=100)
     loaders = datamanager.test_loader[args.dataset]
     model.normalize_branches = False  # the views below normalise where they say so
-    scores = {}
+    scores, queries = {}, {}
     for where, pre_relu in (('after ReLU', False), ('before ReLU', True)):
         model.pre_relu_feature = pre_relu
         qf, q_pids, q_camids = extract(model, loaders['query'])
@@ -73,11 +74,12 @@ def main():
                                                g_camids)
             label = f'{name}, {where}'
             scores[label] = result.as_dict((1, 5, 10))
+            queries[label] = result.per_query.as_dict()  # to pair views or runs by query
             print(f'{label:<42} R1 {result.cmc[0]:.1%}  mAP {result.mAP:.1%}')
     if args.output:
         with open(args.output, 'w') as f:
             json.dump(dict(checkpoint=args.checkpoint, dataset=args.dataset,
-                           split_id=args.split_id, scores=scores), f, indent=1)
+                           split_id=args.split_id, scores=scores, queries=queries), f)
 
 
 if __name__ == '__main__':

@@ -62,10 +62,14 @@ def test_branch_features(checkpoint, data_root, tmp_path):
              'each half normalised, joined']
     assert list(scores) == [f'{v}, {where}' for where in ('after ReLU', 'before ReLU')
                             for v in views]
-    saved = json.loads(record.read_text())['scores']
-    assert list(saved) == list(scores)
+    saved = json.loads(record.read_text())
+    assert list(saved['scores']) == list(scores) == list(saved['queries'])
     for label, line in scores.items():
-        assert f"R1 {saved[label]['rank1']:.1%}" in line and 'mAP' in line
+        assert f"R1 {saved['scores'][label]['rank1']:.1%}" in line and 'mAP' in line
+        outcomes = saved['queries'][label]
+        assert len(outcomes['pid']) == 10  # every query, and they recompute the scores
+        assert np.mean(np.array(outcomes['first_rank']) == 1) == pytest.approx(saved['scores'][label]['rank1'])
+        assert np.mean(outcomes['ap']) == pytest.approx(saved['scores'][label]['mAP'], abs=1e-5)
 
 
 def test_plot_cmc(tmp_path):
