@@ -9,8 +9,9 @@ default) and before it (``jlml.pre_relu_feature``), this evaluates each half alo
 joined feature, the joined feature L2-normalised, and each half normalised before joining
 (``jlml.normalize_branches``), all with the Euclidean distance. None of these changes
 training, so one checkpoint scores them all. Use a validation set (``cuhk01_val``) when
-the answer will steer a design choice; ``--output`` keeps the scores as a JSON record, with each view's per-query outcomes
-(identity, rank of the first true match, AP), so two views or two runs can be paired.
+the answer will steer a design choice; ``--output`` keeps the scores as a JSON record,
+with each view's per-query outcomes (identity, rank of the first true match, AP), so two
+views or two runs can be paired (results/sparsity/branch_pairs.py).
 """
 import argparse
 import json

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from typing import List, Optional
 
-from ..tools.sparsity import best_point, write_checkpoint_selection, write_path
+from ..tools.sparsity import write_checkpoint_selection, write_path
 from .common import command_parser, main_wrapper
 
 __all__ = ['main']
@@ -35,10 +35,10 @@ def build_parser():
 def run(argv: List[str]) -> int:
     args = build_parser().parse_args(argv)
     if args.board:
-        points, png = write_path(args.board, args.key,
-                                 [label for label in args.labels.split(',') if label], args.output)
+        path, png = write_path(args.board, args.key,
+                               [label for label in args.labels.split(',') if label], args.output)
+        points, best = path['points'], path['best']
         names = sorted({n for p in points for n in p['terms']})
-        best = best_point(points)['label']
         print(f'{args.key:>24} {"R1 + mAP":>9} ' + ' '.join(f'{n + " 0 / off":>24}' for n in names)
               + f'  {best} minus it: R1, mAP [95% CI]')
         for p in points:

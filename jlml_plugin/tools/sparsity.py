@@ -31,7 +31,7 @@ from ..models import MODELS, build
 from ..regularizers import SparsityTerm, jlml_terms, selection_norms
 
 __all__ = ['OFF_RATIO', 'checkpoint_terms', 'selection_summary', 'selection_record',
-           'selection_path', 'best_point', 'plot_path', 'plot_selection', 'write_path',
+           'selection_path', 'plot_path', 'plot_selection', 'write_path',
            'write_checkpoint_selection']
 
 #: A unit below this fraction of the largest one counts as switched off.
@@ -100,11 +100,13 @@ def selection_record(save_dir: str) -> Optional[Dict[str, Dict[str, Any]]]:
 
 
 def selection_path(records: List[Dict[str, Any]], queries: List[Dict[str, Any]], key: str
-                   ) -> List[Dict[str, Any]]:
-    """One point per record with ``key`` in its config and a ``selection``, sorted by the
-    key: its value, R1 + mAP (and interval), per term the units, exact zeros and off, and
-    ``best_minus_this``: the path's best point (:func:`best_point`) minus this one in R1
-    and mAP, paired by query, with the interval and verdict of
+                   ) -> Dict[str, Any]:
+    """The path along ``key``: ``points``, one per record with ``key`` in its config and a
+    ``selection``, sorted by the key, and ``best``, the label of the point with the highest
+    R1 + mAP, the smaller value on a tie (the rule the sparsity_path configs state before
+    their runs). Each point has its value, R1 + mAP (and interval), per term the units,
+    exact zeros and off, and ``best_minus_this``: the best point minus this one in R1 and
+    mAP, paired by query, with the interval and verdict of
     :func:`jlml_plugin.tools.report.compare` (None at the best point, or without per-query
     records)."""
     points = []
@@ -120,20 +122,15 @@ def selection_path(records: List[Dict[str, Any]], queries: List[Dict[str, Any]],
             terms={name: {k: e[k] for k in ('units', 'exact_zeros', 'off')}
                    for name, e in record['selection'].items()}))
     points.sort(key=lambda p: p['value'])
-    best = best_point(points) if points else None
+    # max keeps the first of equal scores: with the points sorted, the smaller value.
+    best = max(points, key=lambda p: p['score'])['label'] if points else None
     for point in points:
         point['best_minus_this'] = None
-        if point is not best:
-            row, = report.compare(records, queries, [(best['label'], point['label'], '')])
+        if point['label'] != best:
+            row, = report.compare(records, queries, [(best, point['label'], '')])
             if row['rank1']:
                 point['best_minus_this'] = {m: row[m] for m in report.COMPARED}
-    return points
-
-
-def best_point(points: List[Dict[str, Any]]) -> Dict[str, Any]:
-    """The point with the highest R1 + mAP, the smaller value on a tie: the rule the
-    sparsity_path configs state before their runs."""
-    return max(sorted(points, key=lambda p: p['value']), key=lambda p: p['score'])
+    return dict(key=key, best=best, points=points)
 
 
 def plot_path(points: List[Dict[str, Any]], key: str, path: str) -> None:
@@ -197,21 +194,21 @@ def plot_selection(summary: Dict[str, Dict[str, Any]], path: str, title: str = '
     plt.close(fig)
 
 
-def write_path(board: str, key: str, labels: List[str], png: str = '') -> Tuple[List[Dict[str, Any]], str]:
+def write_path(board: str, key: str, labels: List[str], png: str = '') -> Tuple[Dict[str, Any], str]:
     """The selection path of a board's runs along ``key`` (those in ``labels``; all if
     none): its plot (``png``, by default ``<board>/path_<key>.png``) and JSON beside it.
-    Returns the points and the plot's path."""
+    Returns the path (:func:`selection_path`) and the plot's path."""
     records = [r for r in report.load_records(board) if not labels or r['label'] in labels]
-    points = selection_path(records, report.load_queries(board), key)
-    if len(points) < 2:
-        raise ConfigError(f'{board}: {len(points)} records with {key} in their config '
+    path = selection_path(records, report.load_queries(board), key)
+    if len(path['points']) < 2:
+        raise ConfigError(f'{board}: {len(path["points"])} records with {key} in their config '
                           f'and a selection; a path needs 2 or more (records before 2026-12-03 '
                           f'carry no selection)')
     png = png or os.path.join(board, f'path_{key}.png')
-    plot_path(points, key, png)
+    plot_path(path['points'], key, png)
     with atomic_open(os.path.splitext(png)[0] + '.json', 'w') as f:
-        json.dump(dict(key=key, best=best_point(points)['label'], points=points), f, indent=1)
-    return points, png
+        json.dump(path, f, indent=1)
+    return path, png
 
 
 def write_checkpoint_selection(checkpoint: str, png: str = '') -> Tuple[Dict[str, Dict[str, Any]], str]:
