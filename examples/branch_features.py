@@ -17,20 +17,20 @@ import argparse
 import json
 
 import torch
-import torch.nn.functional as F
 
 import jlml_plugin
 from jlml_plugin import torchreid
+from jlml_plugin.evaluation import l2norm
 from jlml_plugin.features import load_feature_model
 
-VIEWS = {
-    'global': lambda f, half: f[:, :half],
-    'local': lambda f, half: f[:, half:],
-    'joined': lambda f, half: f,
-    'joined, L2-normalised': lambda f, half: F.normalize(f),
-    'each half normalised, joined': lambda f, half: torch.cat([F.normalize(f[:, :half]),
-                                                               F.normalize(f[:, half:])], 1),
-}
+def views(model):
+    """The readings scored, by the names this script's records use: the model's own test
+    views (the evaluator scores them beside every run) plus the joined feature, raw and
+    L2-normalised."""
+    model.normalize_branches = False  # the views normalise where they say so
+    own = model.test_views()
+    return {'global': own['global'], 'local': own['local'], 'joined': lambda f: f,
+            'joined, L2-normalised': l2norm, 'each half normalised, joined': own['halves_l2norm']}
 
 
 def extract(model, loader):
@@ -59,7 +59,7 @@ def main():
         norm_mean=meta['mean'], norm_std=meta['std'], workers=0, use_gpu=False,
         batch_size_test=100)
     loaders = datamanager.test_loader[args.dataset]
-    model.normalize_branches = False  # the views below normalise where they say so
+    readings = views(model)
     scores, queries = {}, {}
     for where, pre_relu in (('after ReLU', False), ('before ReLU', True)):
         model.pre_relu_feature = pre_relu
@@ -67,10 +67,8 @@ def main():
         gf, g_pids, g_camids = extract(model, loaders['gallery'])
         if not scores:
             print(f'{args.dataset} split {args.split_id}: {len(qf)} queries x {len(gf)} gallery')
-        half = qf.shape[1] // 2
-        for name, view in VIEWS.items():
-            distmat = torchreid.metrics.compute_distance_matrix(view(qf, half), view(gf, half),
-                                                                'euclidean')
+        for name, read in readings.items():
+            distmat = torchreid.metrics.compute_distance_matrix(read(qf), read(gf), 'euclidean')
             result = jlml_plugin.evaluate_rank(distmat.numpy(), q_pids, g_pids, q_camids,
                                                g_camids)
             label = f'{name}, {where}'

@@ -292,14 +292,16 @@ class JLMLEngine(_tr.engine.ImageSoftmaxEngine):
              use_metric_cuhk03: bool = False, ranks=(1, 5, 10, 20),
              rerank: bool = False) -> Dict[str, RankResult]:
         """torchreid's ``test`` on every target, returning each target's whole result
-        (torchreid's returns the last Rank-1), then the hooks' ``after_eval``. Rank 0
-        evaluates; other ranks wait."""
+        (torchreid's returns the last Rank-1), then the hooks' ``after_eval``. The model's
+        ``test_views`` (JLML: each branch's half, both halves normalised) are scored beside
+        its test feature. Rank 0 evaluates; other ranks wait."""
         self.set_model_mode('eval')
         results = {}
         for name, loaders in self.test_loader.items() if self.main else ():
             results[name], distmat = evaluate_target(
                 name, loaders, self.extract_features, self.device, dist_metric,
-                normalize_feature, rerank, ranks, use_metric_cuhk03, self.single_shot)
+                normalize_feature, rerank, ranks, use_metric_cuhk03, self.single_shot,
+                views=getattr(self.net, 'test_views', dict)())
             if visrank:
                 draw_ranked_lists(distmat, self.datamanager, name, save_dir, visrank_topk)
         self._call_hooks('after_eval', results)

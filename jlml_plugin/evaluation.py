@@ -8,7 +8,7 @@ are :func:`jlml_plugin.metrics.evaluate_rank` (exact ties, with mINP).
 from __future__ import annotations
 
 import os
-from typing import Callable, Sequence, Tuple
+from typing import Callable, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -19,10 +19,17 @@ from .metrics import RankResult, evaluate_rank
 from .progress import progress
 
 __all__ = ['extract_all', 'evaluate_target', 'print_result', 'draw_ranked_lists',
-           'SINGLE_SHOT_RANKS']
+           'SINGLE_SHOT_RANKS', 'FeatureView', 'l2norm']
 
 #: The ranks reported for the single-gallery-shot CMC.
 SINGLE_SHOT_RANKS = (1, 5, 10, 20)
+#: A reading of the test features: (N, D) features in, (N, D') features out.
+FeatureView = Callable[[torch.Tensor], torch.Tensor]
+
+
+def l2norm(features: torch.Tensor) -> torch.Tensor:
+    """The ``l2norm`` view: each whole feature vector L2-normalised."""
+    return F.normalize(features, p=2, dim=1)
 
 
 @torch.no_grad()
@@ -45,14 +52,19 @@ def evaluate_target(name: str, loaders, extract: Callable[[torch.Tensor], torch.
                     device: torch.device, dist_metric: str = 'euclidean',
                     normalize_feature: bool = False, rerank: bool = False,
                     ranks: Sequence[int] = (1, 5, 10, 20), use_metric_cuhk03: bool = False,
-                    single_shot: bool = False) -> Tuple[RankResult, np.ndarray]:
+                    single_shot: bool = False, views: Optional[Mapping[str, FeatureView]] = None
+                    ) -> Tuple[RankResult, np.ndarray]:
     """Evaluates target ``name`` (``loaders``: its ``query`` and ``gallery`` loaders) and
     prints the result; returns it with the distance matrix. ``single_shot`` adds
     torchreid's cuhk03 metric (one gallery image per identity, 10 draws) to
-    ``result.extra``. Unless the features are already L2-normalised, ``result.extra`` also
-    holds ``l2norm_rank1`` and ``l2norm_mAP``: the same features L2-normalised as whole
-    vectors, which weighs every dimension's scale out of the distance (how a feature
-    layer's scale, which sparsity terms change, moves the score)."""
+    ``result.extra``.
+
+    ``result.views`` scores other readings of the same features, each as the main one is
+    (re-ranking included), with its per-query outcomes: ``views`` (name: a function of
+    the feature matrix, e.g. a model's :meth:`test_views`), and, unless the features are
+    already L2-normalised, ``l2norm``: the whole vectors L2-normalised, which weighs every
+    dimension's scale out of the distance (how a feature layer's scale, which sparsity
+    terms change, moves the score)."""
     print(f'##### Evaluating {name} #####')
     qf, q_pids, q_camids = extract_all(loaders['query'], extract, device, 'query')
     gf, g_pids, g_camids = extract_all(loaders['gallery'], extract, device, 'gallery')
@@ -65,18 +77,20 @@ def evaluate_target(name: str, loaders, extract: Callable[[torch.Tensor], torch.
             distmat, _tr.metrics.compute_distance_matrix(qf, qf, dist_metric).numpy(),
             _tr.metrics.compute_distance_matrix(gf, gf, dist_metric).numpy())
 
+    def score(distmat: np.ndarray, max_rank: int) -> RankResult:
+        return evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=max_rank,
+                             use_metric_cuhk03=use_metric_cuhk03)
+
     if normalize_feature:
         qf, gf = F.normalize(qf, p=2, dim=1), F.normalize(gf, p=2, dim=1)
     if rerank:
         print('Applying person re-ranking ...')
     distmat = distances(qf, gf)
-    result = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids,
-                           max_rank=max(50, *ranks), use_metric_cuhk03=use_metric_cuhk03)
-    if not normalize_feature:  # scored as the main feature is, re-ranking included
-        unit = distances(F.normalize(qf, p=2, dim=1), F.normalize(gf, p=2, dim=1))
-        normalised = evaluate_rank(unit, q_pids, g_pids, q_camids, g_camids,
-                                   max_rank=1, use_metric_cuhk03=use_metric_cuhk03)
-        result.extra.update(l2norm_rank1=normalised.rank(1), l2norm_mAP=normalised.mAP)
+    result = score(distmat, max(50, *ranks))
+    readings = {} if normalize_feature else {'l2norm': l2norm}
+    readings.update(views or {})
+    result.views = {view: score(distances(read(qf), read(gf)), 1)
+                    for view, read in readings.items()}
     if single_shot and not use_metric_cuhk03:
         single = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids,
                                use_metric_cuhk03=True)
@@ -93,9 +107,8 @@ def print_result(name: str, result: RankResult, ranks: Sequence[int], shape: str
     print('CMC curve')
     for r in ranks:
         print(f'Rank-{r:<3}: {result.rank(r):.1%}')
-    if 'l2norm_rank1' in result.extra:
-        print(f'L2-normalised features: Rank-1 {result.extra["l2norm_rank1"]:.1%}  '
-              f'mAP {result.extra["l2norm_mAP"]:.1%}')
+    for view, scored in result.views.items():
+        print(f'View {view}: Rank-1 {scored.rank(1):.1%}  mAP {scored.mAP:.1%}')
     if 'single_shot_rank1' in result.extra:
         print('Single-shot (one gallery image per identity, 10 draws): ' + ', '.join(
             f'Rank-{r} {result.extra[f"single_shot_rank{r}"]:.1%}' for r in SINGLE_SHOT_RANKS))

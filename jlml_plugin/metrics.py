@@ -55,6 +55,8 @@ class RankResult:
     num_valid_queries: int
     extra: Dict[str, float] = field(default_factory=dict)
     per_query: Optional[PerQuery] = None
+    #: Other readings of the same test features (e.g. ``l2norm``), each scored as this one.
+    views: Dict[str, 'RankResult'] = field(default_factory=dict)
 
     def rank(self, k: int) -> float:
         return float(self.cmc[k - 1])
@@ -62,11 +64,24 @@ class RankResult:
     def as_dict(self, ranks=(1, 5, 10, 20)) -> Dict[str, float]:
         out = {f'rank{k}': self.rank(k) for k in ranks if k <= len(self.cmc)}
         out.update(mAP=self.mAP, mINP=self.mINP, **self.extra)
+        for name, view in self.views.items():
+            out.update({f'{name}_rank1': view.rank(1), f'{name}_mAP': view.mAP})
         return out
 
     def as_record(self, ranks=(1, 5, 10, 20)) -> Dict[str, Any]:
         """:meth:`as_dict` with the CMC curve to rank 50, as results files keep it."""
         return dict(self.as_dict(ranks), cmc=[float(v) for v in self.cmc[:50]])
+
+    def per_query_record(self) -> Dict[str, Any]:
+        """The per-query outcomes (:meth:`PerQuery.as_dict`) and, under ``views``, each
+        view's ``first_rank`` and ``ap`` for the same queries, so a comparison can be made
+        in any view from the records alone."""
+        out: Dict[str, Any] = self.per_query.as_dict()
+        if self.views:
+            out['views'] = {name: {key: view.per_query.as_dict()[key]
+                                   for key in ('first_rank', 'ap')}
+                            for name, view in self.views.items()}
+        return out
 
 
 def _as_1d(name: str, values, n: int) -> np.ndarray:

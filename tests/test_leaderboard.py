@@ -58,7 +58,7 @@ def test_synthetic_board_writes_every_report(board):
             '| claim | ablation pair | R1 difference [95% CI] | mAP difference [95% CI] | split 0 |'
             ) in table
     assert f'| joint features beat global-only | jlml − jlml_global | {gain:+.1f} [' in table
-    assert 'jlml_lambda0 |' not in table.split('### claims')[1]  # it states no claim
+    assert '| the sparsity regularisers help | jlml − jlml_lambda0 |' in table
     assert '| jlml beats osnet_x0_25 | jlml − osnet_x0_25 | ' in table
     # The comparisons are computed from the per-query records alone.
     queries = [json.loads(line) for line in open(os.path.join(board, 'queries.jsonl'))]
@@ -68,11 +68,26 @@ def test_synthetic_board_writes_every_report(board):
         record = next(r for r in records if (r['label'], r['split_id']) == (q['label'], q['split_id']))
         assert sum(rank == 1 for rank in q['first_rank']) / len(q['ap']) == pytest.approx(record['rank1'])
         assert sum(q['ap']) / len(q['ap']) == pytest.approx(record['mAP'], abs=1e-6)
+        for view, outcomes in q['views'].items():  # each view's figures come from them too
+            assert sum(a for a in outcomes['ap']) / len(q['ap']) == pytest.approx(
+                record[f'{view}_mAP'], abs=1e-6)
+        assert set(q['views']) == ({'l2norm', 'global', 'local', 'halves_l2norm'}
+                                   if q['label'] in ('jlml', 'jlml_lambda0') else {'l2norm'})
+    # The views state each comparison again where both sides scored the view.
+    in_halves = table.split('### claims in view halves_l2norm (each branch L2-normalised '
+                            'before joining): the first minus the second')[1]
+    assert '| jlml − jlml_lambda0 |' in in_halves and 'jlml_global' not in in_halves
+    assert '### rankings in view l2norm (the whole feature L2-normalised)' in table
+    assert '### rankings in view halves_l2norm' not in table  # osnet has no halves
     comparisons = json.load(open(os.path.join(board, 'comparisons.json')))
     claim = comparisons['claims'][0]
     assert claim['rank1']['mean'] == pytest.approx(gain)
     assert claim['rank1']['low'] <= claim['rank1']['mean'] <= claim['rank1']['high']
     assert os.path.getsize(os.path.join(board, 'forest.png')) > 0
+    assert os.path.getsize(os.path.join(board, 'forest_halves_l2norm.png')) > 0
+    halves = comparisons['views']['halves_l2norm']
+    assert [(c['a'], c['b']) for c in halves['claims']] == [('jlml', 'jlml_lambda0')]
+    assert halves['rankings'] == []
     summary = json.load(open(os.path.join(board, 'summary.json')))
     assert [row['label'] for row in summary] == ['jlml', 'osnet_x0_25', 'jlml_global', 'jlml_lambda0']
 

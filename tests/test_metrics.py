@@ -245,10 +245,34 @@ def test_evaluate_target_also_scores_the_l2_normalised_feature():
                'gallery': loader([[0.1, 0.0], [0.0, 0.1], [0.7, 0.7]], [0, 1, 2], 1)}
     raw, _ = evaluate_target('toy', loaders, lambda x: x, torch.device('cpu'))
     assert raw.rank(1) == 0.0  # [0.7, 0.7] is nearer to both queries than their matches
-    assert raw.extra['l2norm_rank1'] == 1.0 and raw.extra['l2norm_mAP'] == 1.0
+    assert raw.as_dict()['l2norm_rank1'] == 1.0 and raw.as_dict()['l2norm_mAP'] == 1.0
     unit, _ = evaluate_target('toy', loaders, lambda x: x, torch.device('cpu'),
                               normalize_feature=True)
-    assert unit.rank(1) == 1.0 and 'l2norm_rank1' not in unit.extra
+    assert unit.rank(1) == 1.0 and 'l2norm_rank1' not in unit.as_dict()
+
+
+def test_views_are_scored_with_their_per_query_outcomes():
+    """A view that keeps only the first dimension: its scores and per-query outcomes
+    are those of evaluating that dimension alone, recorded beside the main feature's."""
+    import torch
+    from jlml_plugin.evaluation import evaluate_target
+
+    generator = torch.Generator().manual_seed(1)
+    feats = torch.randn(12, 3, generator=generator)
+    pids = torch.tensor(list(range(6)) * 2)
+
+    def loaders(f):
+        return {'query': [{'img': f[:6], 'pid': pids[:6], 'camid': torch.zeros(6)}],
+                'gallery': [{'img': f[6:] + 0.3 * f[:6], 'pid': pids[6:], 'camid': torch.ones(6)}]}
+    first = lambda f: f[:, :1]
+    both, _ = evaluate_target('toy', loaders(feats), lambda x: x, torch.device('cpu'),
+                              views={'first': first})
+    alone, _ = evaluate_target('toy', loaders(feats), first, torch.device('cpu'))
+    assert both.views['first'].rank(1) == alone.rank(1) and both.views['first'].mAP == alone.mAP
+    record = both.per_query_record()
+    assert record['views']['first'] == {k: alone.per_query.as_dict()[k] for k in ('first_rank', 'ap')}
+    assert record['first_rank'] == both.per_query.as_dict()['first_rank'] != record['views']['first']['first_rank']
+    assert both.as_dict()['first_mAP'] == alone.mAP and set(both.views) == {'l2norm', 'first'}
 
 
 def test_the_l2_normalised_score_is_re_ranked_when_the_main_one_is():
@@ -268,5 +292,5 @@ def test_the_l2_normalised_score_is_re_ranked_when_the_main_one_is():
                               normalize_feature=True, rerank=True)
     plain, _ = evaluate_target('toy', loaders(), lambda x: x, torch.device('cpu'),
                                normalize_feature=True)
-    assert (raw.extra['l2norm_rank1'], raw.extra['l2norm_mAP']) == (unit.rank(1), unit.mAP)
-    assert raw.extra['l2norm_mAP'] != plain.mAP  # re-ranking changes this toy's score
+    assert (raw.views['l2norm'].rank(1), raw.views['l2norm'].mAP) == (unit.rank(1), unit.mAP)
+    assert raw.views['l2norm'].mAP != plain.mAP  # re-ranking changes this toy's score

@@ -290,6 +290,13 @@ def test_test_feature_options():
         torch.testing.assert_close(half.norm(dim=1), torch.ones(len(x)))
     torch.testing.assert_close(normed_joined[:, :512],
                                torch.nn.functional.normalize(joined[:, :512], dim=1))
+    # The views the evaluator scores beside the joined feature read it as these options do.
+    views = plain.test_views()
+    assert set(views) == {'global', 'local', 'halves_l2norm'}
+    torch.testing.assert_close(views['halves_l2norm'](joined), normed_joined)
+    assert torch.equal(torch.cat([views['global'](joined), views['local'](joined)], 1), joined)
+    assert 'halves_l2norm' not in normed.test_views()  # its joined feature is that already
+    assert MODELS['jlml_global'](5, **SMALL).test_views() == {}
 
 
 def test_feature_layers_start_at_he_fan_out_or_at_a_given_std():

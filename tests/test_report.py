@@ -52,3 +52,30 @@ def test_seeds_are_averaged_per_split():
     rows = summarize(records)
     assert per_split_table(records, rows).splitlines()[-1] == \
         '| jlml | 35.0 (41.0) ×2 | 35.0 (38.0) |'
+
+
+def test_a_claim_is_stated_again_in_a_view_both_sides_scored():
+    """In the view, jlml leads by 10 points of AP where the main feature ties; a run that
+    did not score the view (baseline) drops out of it rather than being read as the main."""
+    from jlml_plugin.tools.report import in_view
+    ap = np.linspace(0.1, 0.9, 40)
+    ranks = np.ones(40, dtype=int)
+
+    def scored(label, view_ap):
+        record = dict(_record(label, 0, 0.5, 0.5), halves_rank1=1.0, halves_mAP=float(view_ap.mean()))
+        queries = dict(_queries(label, 0, ranks, ap),
+                       views={'halves': dict(first_rank=ranks.tolist(), ap=view_ap.tolist())})
+        return record, queries
+    (r_a, q_a), (r_b, q_b) = scored('jlml', ap), scored('lambda0', ap - 0.1)
+    records = [r_a, r_b, _record('baseline', 0, 0.5, 0.5)]
+    queries = [q_a, q_b, _queries('baseline', 0, ranks, ap)]
+    pairs = [('jlml', 'lambda0', 'sparsity helps'), ('jlml', 'baseline', 'beats baseline')]
+    main = compare(records, queries, pairs)
+    assert [row['mAP']['verdict'] for row in main] == ['not shown', 'not shown']
+    view_records, view_queries = in_view(records, queries, 'halves')
+    assert [r['label'] for r in view_records] == ['jlml', 'lambda0']
+    assert view_records[0]['mAP'] == pytest.approx(0.5) and view_queries[1]['ap'] == (ap - 0.1).tolist()
+    sparsity, baseline = compare(view_records, view_queries, pairs)
+    assert sparsity['mAP'] == {'mean': pytest.approx(10.0), 'low': pytest.approx(10.0),
+                               'high': pytest.approx(10.0), 'verdict': 'holds'}
+    assert baseline['splits'] == [] and baseline['mAP'] is None

@@ -22,11 +22,12 @@ loop; :mod:`jlml_plugin.models.reference` holds the per-stripe loop it must equa
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import warnings
 from dataclasses import dataclass, replace
-from typing import Dict, Sequence, Tuple
+from typing import Callable, Dict, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -303,6 +304,20 @@ class JLML(nn.Module):
             feats = tuple(nn.functional.normalize(f, dim=1) for f in feats)
         return feats
 
+    def test_views(self) -> Dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+        """Readings of the joined test feature that the evaluator scores beside it: each
+        branch's half alone and, unless they already are, both halves L2-normalised before
+        joining (``halves_l2norm``), which weighs the branches equally whatever scale
+        training left their feature layers at (the sparsity terms set that scale)."""
+        if len(self.branch_names) == 1:
+            return {}
+        width = self.feature_dim // 2
+        views = {name: functools.partial(_half, start=i * width, width=width)
+                 for i, name in enumerate(self.branch_names)}
+        if not self.normalize_branches:
+            views['halves_l2norm'] = functools.partial(halves_l2norm, width=width)
+        return views
+
     def forward(self, x: torch.Tensor):
         if not self.training:
             feats = self.branch_features(x)
@@ -316,6 +331,17 @@ class JLML(nn.Module):
         if len(logits) == 1:
             logits, feats = logits[0], feats[0]
         return logits if self.loss == 'softmax' else (logits, feats)
+
+
+def _half(features: torch.Tensor, start: int, width: int) -> torch.Tensor:
+    return features[:, start:start + width]
+
+
+def halves_l2norm(features: torch.Tensor, width: int) -> torch.Tensor:
+    """A joined [global | local] feature with each half L2-normalised: what
+    ``normalize_branches`` matches, computed from the joined feature."""
+    return torch.cat([nn.functional.normalize(features[:, :width], dim=1),
+                      nn.functional.normalize(features[:, width:], dim=1)], 1)
 
 
 def he_fan_out_std(conv: nn.Conv2d) -> float:

@@ -17,6 +17,11 @@ split whose identities no board split tests, its settings are chosen by the ``ru
 written in the config, and the board then trains it with them. Ablations train with their
 reference's choice. Tuning runs are a leaderboard of their own, in ``tune.output``.
 
+An optional ``views`` section (name: what it reads) states every ranking and claim again
+in other readings of the test feature, which every run scores and records beside its own:
+``l2norm`` (the whole vector L2-normalised) and JLML's ``halves_l2norm`` (each branch's
+half normalised before joining), ``global`` and ``local``.
+
 The whole config is validated before anything trains. Finished runs are recorded
 atomically in ``<output>/results.jsonl`` (their per-query outcomes in ``queries.jsonl``)
 and skipped when the command runs again; an interrupted run resumes from its last
@@ -51,7 +56,7 @@ __all__ = ['Run', 'load_leaderboard', 'plan_runs', 'ablation_claims', 'tuning_sp
            'copy_run']
 
 _TOP_KEYS = {'name', 'title', 'output', 'root', 'splits', 'seeds', 'protocol', 'models',
-             'ablations', 'tune'}
+             'ablations', 'tune', 'views'}
 _ABLATION_KEYS = {'reference', 'splits', 'models'}
 _TUNE_KEYS = {'dataset', 'split', 'output', 'grid', 'rule', 'note'}  # note: what else was tuned
 _ENTRY_KEYS = ('name', 'label', 'overrides', 'seeds')
@@ -103,6 +108,11 @@ def load_leaderboard(path: str) -> Dict[str, Any]:
             raise ConfigError(f'{path} needs a {key!r} entry')
     ablation_claims(spec)  # a bad ablations section fails here, not after the first run
     _check_tune(spec.get('tune'), path)
+    views = spec.get('views')
+    if views is not None and (not isinstance(views, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and v for k, v in views.items())):
+        raise ConfigError(f'{path}: views maps each view a run scores beside its test feature '
+                          f'(e.g. l2norm, halves_l2norm) to what it reads; got {views!r}')
     return spec
 
 
@@ -522,8 +532,8 @@ def _write_report(spec: Dict[str, Any], output: str, order: List[str], env: Dict
     header = _header(spec, env)
     if 'grid' in spec:  # the tuning runs: each model's grid and its choice
         header += _grid_table(spec, output)
-    return report.write_report(output, order, title=spec.get('title', ''),
-                               header=header, rankings=rankings, claims=claims)
+    return report.write_report(output, order, title=spec.get('title', ''), header=header,
+                               rankings=rankings, claims=claims, views=spec.get('views'))
 
 
 def _finished_runs(output: str, fingerprint: str, configs: Dict[tuple, Any]
@@ -566,7 +576,7 @@ def _train_and_evaluate(cfg, run: Run, fingerprint: str, env: Dict[str, Any]
                   **metrics.as_record((1, 5, 10, 20)), input=f'{cfg.data.height}x{cfg.data.width}',
                   train_summary=result.training.train_summary, config=trained_config(cfg),
                   selection=selection_record(cfg.data.save_dir), env=env, **result.summary(cfg))
-    return record, metrics.per_query.as_dict()
+    return record, metrics.per_query_record()
 
 
 def _header(spec: Dict[str, Any], env: Dict[str, Any]) -> str:

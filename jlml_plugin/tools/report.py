@@ -22,7 +22,7 @@ from .._files import atomic_open, atomic_write_text, exclusive_lock
 __all__ = ['load_records', 'load_queries', 'load_diverged', 'append_diverged',
            'run_key', 'append_record', 'summarize', 'write_report', 'plot_cmc',
            'markdown_table', 'per_split_table', 'intervals_table', 'compare',
-           'comparisons_table', 'plot_forest']
+           'comparisons_table', 'plot_forest', 'in_view']
 
 RECORDS = 'results.jsonl'
 #: Each run's per-query outcomes (:class:`~jlml_plugin.metrics.PerQuery`), one line per
@@ -300,14 +300,54 @@ def intervals_table(queries: List[Dict[str, Any]], rows: List[Dict[str, Any]]) -
     return '\n'.join(out) + '\n' if len(out) > 2 else ''
 
 
+def in_view(records: List[Dict[str, Any]], queries: List[Dict[str, Any]], view: str
+            ) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
+    """The records and per-query records as if ``view`` were every run's test feature: a
+    view is another reading of the same features that a run scored beside its own
+    (:attr:`jlml_plugin.metrics.RankResult.views`, e.g. ``l2norm``). Each run's R1, mAP
+    and per-query outcomes become the view's; runs that did not score it are left out."""
+    rank1 = f'{view}_rank1'
+    return ([dict(r, rank1=r[rank1], mAP=r[f'{view}_mAP']) for r in records if rank1 in r],
+            [dict(q, **q['views'][view]) for q in queries if view in q.get('views', {})])
+
+
+def _comparisons(records: List[Dict[str, Any]], queries: List[Dict[str, Any]],
+                 rankings: Sequence[Tuple[str, str, str]], claims: Sequence[Tuple[str, str, str]],
+                 shared_only: bool = False) -> Dict[str, List[Dict[str, Any]]]:
+    """The rankings and claims, by section; ``shared_only``: only those with a split both
+    sides ran (in a view, the others are pairs that one side cannot be read in)."""
+    sections = {'rankings': compare(records, queries, list(rankings)),
+                'claims': compare(records, queries, list(claims))}
+    if shared_only:
+        sections = {name: [row for row in rows if row['splits']] for name, rows in sections.items()}
+    return sections
+
+
+def _comparison_text(sections: Dict[str, List[Dict[str, Any]]], where: str = '') -> str:
+    body = ''
+    for name, what in (('rankings', 'model'), ('claims', 'ablation')):
+        if sections[name]:
+            body += (f'\n### {name}{where}: the first minus the second, paired by query\n\n'
+                     f'{comparisons_table(sections[name], what)}')
+    return body
+
+
+def _draw_forest(sections: Dict[str, List[Dict[str, Any]]], path: str, title: str) -> None:
+    paired = [row for rows in sections.values() for row in rows if row['rank1']]
+    if paired:
+        plot_forest(paired, path, title)
+
+
 def write_report(folder: str, order: Optional[List[str]] = None, title: str = '',
                  header: str = '', rankings: Sequence[Tuple[str, str, str]] = (),
-                 claims: Sequence[Tuple[str, str, str]] = ()) -> List[Dict[str, Any]]:
+                 claims: Sequence[Tuple[str, str, str]] = (),
+                 views: Optional[Dict[str, str]] = None) -> List[Dict[str, Any]]:
     """Regenerates every report file in ``folder`` from its records: ``results.csv``,
     ``summary.json``, ``leaderboard.md``, ``cmc.png``, and where there are comparisons,
     ``comparisons.json`` and ``forest.png``. ``rankings`` (a model against each baseline)
     and ``claims`` (a model against each ablation) are ``(a, b, claim)``: ``a`` minus
-    ``b``, paired by query."""
+    ``b``, paired by query. ``views`` (name: what it reads) states them again in each
+    view (:func:`in_view`) where both sides scored it, with ``forest_<view>.png``."""
     with _folder_lock(folder):  # the files then agree with one state of the records
         records = load_records(folder)
         queries = load_queries(folder)
@@ -331,19 +371,22 @@ def write_report(folder: str, order: Optional[List[str]] = None, title: str = ''
             pooled = intervals_table(queries, group)
             if pooled:
                 body += f'\n### {name}, pooled over splits and seeds\n\n{pooled}'
-        sections = {'rankings': compare(records, queries, list(rankings)),
-                    'claims': compare(records, queries, list(claims))}
-        for name, what in (('rankings', 'model'), ('claims', 'ablation')):
-            if sections[name]:
-                body += (f'\n### {name}: the first minus the second, paired by query\n\n'
-                         f'{comparisons_table(sections[name], what)}')
-        if any(sections.values()):
+        sections: Dict[str, Any] = _comparisons(records, queries, rankings, claims)
+        body += _comparison_text(sections)
+        _draw_forest(sections, os.path.join(folder, 'forest.png'), title)
+        views = views or {}
+        in_views = {view: _comparisons(*in_view(records, queries, view), rankings, claims,
+                                       shared_only=True) for view in views}
+        for view, meaning in views.items():
+            body += _comparison_text(in_views[view], f' in view {view} ({meaning})')
+            _draw_forest(in_views[view], os.path.join(folder, f'forest_{view}.png'),
+                         f'{title}, view {view}' if title else f'view {view}')
+        if any(sections.values()) or any(any(s.values()) for s in in_views.values()):
             body += COMPARISONS_NOTE
+            if in_views:
+                sections['views'] = in_views
             atomic_write_text(os.path.join(folder, 'comparisons.json'),
                               json.dumps(sections, indent=1) + '\n')
-            paired = [row for rows_ in sections.values() for row in rows_ if row['rank1']]
-            if paired:
-                plot_forest(paired, os.path.join(folder, 'forest.png'), title)
         diverged = load_diverged(folder)
         if diverged:
             body += '\n### diverged\n\n' + ''.join(
