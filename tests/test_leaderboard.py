@@ -209,6 +209,8 @@ def test_an_ablation_may_state_several_claims():
         {'name': 'jlml_global', 'claims': ['joint features beat global-only']}]}),
      "jlml_global: each of its claims is a {claim, against} mapping with a claim text; "
      "got 'joint features beat global-only'"),
+    (dict(views=['halves_l2norm']), "views maps each view a run scores beside its test feature "
+     "(e.g. l2norm, halves_l2norm) to what it reads; got ['halves_l2norm']"),
 ])
 def test_bad_configs_fail_before_any_training(tmp_path, data_root, capsys, changes, message):
     output = tmp_path / 'out'
