@@ -82,7 +82,7 @@ def evaluate_target(name: str, loaders, extract: Callable[[torch.Tensor], torch.
                              use_metric_cuhk03=use_metric_cuhk03)
 
     if normalize_feature:
-        qf, gf = F.normalize(qf, p=2, dim=1), F.normalize(gf, p=2, dim=1)
+        qf, gf = l2norm(qf), l2norm(gf)
     if rerank:
         print('Applying person re-ranking ...')
     distmat = distances(qf, gf)
