@@ -78,9 +78,10 @@ class RankResult:
         in any view from the records alone."""
         out: Dict[str, Any] = self.per_query.as_dict()
         if self.views:
-            out['views'] = {name: {key: view.per_query.as_dict()[key]
-                                   for key in ('first_rank', 'ap')}
-                            for name, view in self.views.items()}
+            out['views'] = {}
+            for name, view in self.views.items():
+                outcomes = view.per_query.as_dict()
+                out['views'][name] = {key: outcomes[key] for key in ('first_rank', 'ap')}
         return out
 
 
