@@ -7,7 +7,7 @@ import pytest
 from jlml_plugin.config import (JLMLConfig, flatten, get_cfg, get_default_config, load_config,
                                 trained_config)
 from jlml_plugin.errors import ConfigError
-from jlml_plugin.tools.leaderboard import load_leaderboard, plan_runs
+from jlml_plugin.tools.leaderboard_spec import load_leaderboard, plan_runs
 from jlml_plugin.runner import validate
 from jlml_plugin.cli.train import split_overrides
 

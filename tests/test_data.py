@@ -11,7 +11,7 @@ from jlml_plugin import torchreid
 from jlml_plugin.data import cuhk01
 from jlml_plugin.data.synthetic import PRESETS, generate, identities, scan
 from jlml_plugin.errors import ConfigError, DataError
-from jlml_plugin.tools.leaderboard import load_leaderboard, plan_runs
+from jlml_plugin.tools.leaderboard_spec import load_leaderboard, plan_runs
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
 

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from jlml_plugin.cli import leaderboard as leaderboard_cli
-from jlml_plugin.tools import leaderboard, report
+from jlml_plugin.tools import leaderboard, leaderboard_spec, report
 from jlml_plugin._files import atomic_write_text, exclusive_lock
 from jlml_plugin.config import flatten
 
@@ -98,9 +98,9 @@ PER_RUN_KEYS = {'model.name', 'data.split_id', 'data.save_dir'}
 def test_every_model_gets_the_same_protocol(board):
     """Every run's resolved config equals every other's, but for the model, the split,
     the output folder and the jlml.* keys an entry may override."""
-    spec = leaderboard.load_leaderboard(SYNTHETIC)
-    runs = leaderboard.plan_runs(spec)
-    configs = {run.key: flatten(leaderboard._run_config(spec, run, 'ROOT', board))
+    spec = leaderboard_spec.load_leaderboard(SYNTHETIC)
+    runs = leaderboard_spec.plan_runs(spec)
+    configs = {run.key: flatten(leaderboard_spec.run_config(spec, run, 'ROOT', board))
                for run in runs}
     first = configs[runs[0].key]
     for key, cfg in configs.items():
@@ -183,7 +183,7 @@ def test_an_ablation_may_state_several_claims():
         {'name': 'jlml', 'label': 'jlml_ridge', 'claim': 'structured sparsity adds to ridge'},
         {'name': 'jlml', 'label': 'jlml_lambda0', 'claim': 'the regularisers help',
          'claims': [{'claim': 'regularising helps', 'against': 'jlml_ridge'}]}]
-    assert leaderboard.ablation_claims(spec) == ('jlml', [
+    assert leaderboard_spec.ablation_claims(spec) == ('jlml', [
         ('jlml', 'jlml_ridge', 'structured sparsity adds to ridge'),
         ('jlml', 'jlml_lambda0', 'the regularisers help'),
         ('jlml_ridge', 'jlml_lambda0', 'regularising helps')])
@@ -271,11 +271,11 @@ def test_a_variant_board_states_only_what_differs(tmp_path, capsys):
     variant.write_text(yaml.safe_dump({
         '_BASE_': SYNTHETIC, 'output': str(tmp_path / 'long'), 'splits': [0],
         'protocol': {'train': {'max_epoch': 2}}, 'ablations': {}}))
-    spec = leaderboard.load_leaderboard(str(variant))
+    spec = leaderboard_spec.load_leaderboard(str(variant))
     expected = yaml.safe_load(open(SYNTHETIC))['protocol']
     expected['train']['max_epoch'] = 2
     assert spec['protocol'] == expected and spec['name'] == 'synthetic'
-    assert [run.key for run in leaderboard.plan_runs(spec)] == ['jlml/split0', 'osnet_x0_25/split0']
+    assert [run.key for run in leaderboard_spec.plan_runs(spec)] == ['jlml/split0', 'osnet_x0_25/split0']
     variant.write_text(yaml.safe_dump({'_BASE_': SYNTHETIC, 'colour': 'red'}))
     code, _, err = _run(['--config', str(variant), '--dry-run'], capsys)
     assert code == 2 and f"unknown leaderboard key(s) ['colour'] in {variant}" in err
@@ -295,15 +295,15 @@ def test_tuning_choices_follow_the_rule(tmp_path):
                               ('osnet_x0_25@train.lr=0.001', 0.2, 0.2),
                               ('osnet_x0_25@train.lr=0.01', 0.3, 0.2)]:
         report.append_record(tune, dict(label=label, split_id=1, rank1=rank1, mAP=mAP))
-    assert leaderboard.tuning_choices(spec) == {}  # no model has its whole grid yet
+    assert leaderboard_spec.tuning_choices(spec) == {}  # no model has its whole grid yet
     report.append_record(tune, dict(label='jlml@train.lr=0.1', split_id=1, rank1=0.1, mAP=0.1))
     report.append_diverged(tune, dict(label='osnet_x0_25@train.lr=0.1', split_id=1, seed=1,
                                       error='the loss became nan'))
     # jlml: 0.9 at 0.001 and at 0.01, a tie that goes to the earlier point; osnet: 0.5 wins.
-    assert leaderboard.tuning_choices(spec) == {'jlml': {'train.lr': 0.001},
+    assert leaderboard_spec.tuning_choices(spec) == {'jlml': {'train.lr': 0.001},
                                                 'osnet_x0_25': {'train.lr': 0.01}}
-    tuning = leaderboard.tuning_spec(spec)
-    assert leaderboard.tuning_grid(tuning, tune)['osnet_x0_25'] == (
+    tuning = leaderboard_spec.tuning_spec(spec)
+    assert leaderboard_spec.tuning_grid(tuning, tune)['osnet_x0_25'] == (
         [({'train.lr': 0.001}, 0.4), ({'train.lr': 0.01}, 0.5), ({'train.lr': 0.1}, float('-inf'))],
         {'train.lr': 0.01})
     table = leaderboard._grid_table(tuning, tune)

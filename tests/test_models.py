@@ -322,7 +322,7 @@ def test_build_is_the_one_way_from_a_name_to_a_model():
 
 
 def _board_models():
-    from jlml_plugin.tools.leaderboard import load_leaderboard
+    from jlml_plugin.tools.leaderboard_spec import load_leaderboard
     spec = load_leaderboard(os.path.join(os.path.dirname(os.path.dirname(__file__)),
                                          'configs', 'leaderboard', 'cuhk01.yaml'))
     return sorted({entry if isinstance(entry, str) else entry['name'] for entry in spec['models']})

@@ -13,7 +13,7 @@ import shutil
 import pytest
 
 from jlml_plugin.cli import leaderboard as leaderboard_cli
-from jlml_plugin.tools import leaderboard
+from jlml_plugin.tools import leaderboard, leaderboard_spec
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, 'results', 'leaderboard')
@@ -28,7 +28,7 @@ def _configs():
     whether it holds the config's tuning runs)."""
     folders = {}
     for config in sorted(glob.glob(os.path.join(REPO, 'configs', 'leaderboard', '*.yaml'))):
-        spec = leaderboard.load_leaderboard(config)
+        spec = leaderboard_spec.load_leaderboard(config)
         for output, tuning in ((spec['output'], False), ((spec.get('tune') or {}).get('output'), True)):
             if output and os.path.dirname(os.path.normpath(output)) == 'results/leaderboard':
                 folders[os.path.basename(output)] = (config, tuning)

@@ -11,8 +11,8 @@ import sys
 from typing import List, Optional
 
 from ..errors import ConfigError
-from ..tools.leaderboard import (copy_run, load_leaderboard, rewrite_reports,
-                                 run_leaderboard, tuning_spec, versus)
+from ..tools.leaderboard import copy_run, rewrite_reports, run_leaderboard, versus
+from ..tools.leaderboard_spec import load_leaderboard, tuning_spec
 from .common import command_parser, main_wrapper
 
 __all__ = ['main']
