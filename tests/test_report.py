@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from jlml_plugin.tools.report import compare, comparisons_table, per_split_table, summarize
+from jlml_plugin.tools.report import (compare, comparisons_table, markdown_table, per_split_table,
+                                      summarize)
 
 
 def _record(label, split_id, rank1, mAP, seed=1):
@@ -52,6 +53,15 @@ def test_seeds_are_averaged_per_split():
     rows = summarize(records)
     assert per_split_table(records, rows).splitlines()[-1] == \
         '| jlml | 35.0 (41.0) ×2 | 35.0 (38.0) |'
+
+
+def test_the_models_table_counts_each_splits_seeds():
+    scores = dict(rank5=0.5, rank10=0.6, mINP=0.3, train_images_per_s=10.0, wall_seconds=600)
+    records = [dict(_record('jlml', 0, 0.40, 0.42), **scores),
+               dict(_record('jlml', 0, 0.30, 0.40, seed=2), **scores),
+               dict(_record('jlml', 2, 0.35, 0.38), **scores)]
+    assert markdown_table(summarize(records)).splitlines()[-1].endswith('| 3 (0 ×2, 2) |')
+    assert markdown_table(summarize(records[1:])).splitlines()[-1].endswith('| 2 (0, 2) |')
 
 
 def test_a_claim_is_stated_again_in_a_view_both_sides_scored():

@@ -11,7 +11,7 @@ import csv
 import io
 import json
 import os
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -155,8 +155,14 @@ def markdown_table(rows: List[Dict[str, Any]]) -> str:
             + (f"| {_pm(row, 'single_shot_rank1')} " if single else '')
             + (f"| {_pm(row, 'l2norm_rank1')} ({_pm(row, 'l2norm_mAP')}) " if unit else '')
             + f"| {row['train_images_per_s']:.1f} | {minutes:.0f} min "
-            f"| {len(row['splits'])} ({', '.join(map(str, row['splits']))}) |")
+            f"| {len(row['splits'])} ({_split_counts(row['splits'])}) |")
     return '\n'.join(out) + '\n'
+
+
+def _split_counts(splits: List[int]) -> str:
+    """'0, 2, 4' for one run per split; '0 ×2, 2' where a split ran with several seeds."""
+    counts = Counter(splits)
+    return ', '.join(f'{split} ×{n}' if n > 1 else str(split) for split, n in sorted(counts.items()))
 
 
 def _split_means(records: List[Dict[str, Any]]) -> Dict[tuple, Dict[str, float]]:
