@@ -310,6 +310,9 @@ def test_tuning_choices_follow_the_rule(tmp_path):
     assert '| model | train.lr=0.001 | train.lr=0.01 | train.lr=0.1 | chosen |\n' in table
     assert '| jlml | **90.0** | 90.0 | 20.0 | train.lr=0.001 |\n' in table
     assert '| osnet_x0_25 | 40.0 | **50.0** | diverged | train.lr=0.01 |\n' in table
+    # The board's header says where a choice lies on an edge of its grid (0.01 is inside).
+    header = leaderboard._header(spec, dict(device='cpu', torch='2', torchreid='1'))
+    assert "Chosen: jlml train.lr=0.001 (the grid's lowest); osnet_x0_25 train.lr=0.01.\n" in header
 
 
 def test_report_only_rewrites_the_tuning_report_too(board, tmp_path, capsys):
@@ -386,7 +389,9 @@ def test_tuning_then_a_board_of_two_seeds_with_the_choice(tmp_path, data_root, c
     assert {r['config']['train.seed'] for r in board} == {1, 2}
     assert os.path.isdir(tmp_path / 'board' / 'runs' / 'jlml_local' / 'split0-seed2')
     table = open(tmp_path / 'board' / 'leaderboard.md').read()
-    assert f"Chosen: jlml_local train.lr={best['config']['train.lr']}.\nJLML also had 5 runs" in table
+    edge = {0.001: 'lowest', 0.003: 'highest'}[best['config']['train.lr']]  # two points: both edges
+    assert (f"Chosen: jlml_local train.lr={best['config']['train.lr']} (the grid's {edge})."
+            "\nJLML also had 5 runs") in table
     assert '| jlml_local | 2 | ' in table  # pooled over its two seeds, with intervals
     # Run again: everything is done, nothing trains.
     code, out, _ = _run(['--config', str(config), '--root', data_root], capsys)

@@ -314,11 +314,20 @@ def _header(spec: Dict[str, Any], env: Dict[str, Any]) -> str:
                  f'one run per grid point ({grid}), and trained here with the point of highest '
                  f'{tuning["rule"]} (records: `{tuning["output"]}`); ablations train with '
                  f'their reference\'s. Chosen: ' + ('; '.join(
-                     f'{label} ' + ', '.join(f'{k}={v}' for k, v in point.items())
+                     f'{label} ' + ', '.join(f'{k}={v}{_grid_edge(v, tuning["grid"].get(k))}'
+                                             for k, v in point.items())
                      for label, point in choices.items()) or 'none yet') + '.\n')
         if spec['tune'].get('note'):
             text += f"{spec['tune']['note']}\n"
     return text
+
+
+def _grid_edge(value: Any, grid: Optional[List[Any]]) -> str:
+    """' (the grid's lowest)' or ' (the grid's highest)' where a chosen numeric value lies on
+    an edge of its grid: the best value may then lie outside it, which a reader should see."""
+    if not grid or len(grid) < 2 or not all(isinstance(v, (int, float)) for v in grid):
+        return ''
+    return {min(grid): " (the grid's lowest)", max(grid): " (the grid's highest)"}.get(value, '')
 
 
 def versus(config: str, other: str, output: str = '') -> str:
