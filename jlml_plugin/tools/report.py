@@ -159,10 +159,14 @@ def markdown_table(rows: List[Dict[str, Any]]) -> str:
     return '\n'.join(out) + '\n'
 
 
+def _seeds_mark(seeds: int) -> str:
+    """' ×2' after a figure of two seeds; nothing after a figure of one."""
+    return f' ×{seeds}' if seeds > 1 else ''
+
+
 def _split_counts(splits: List[int]) -> str:
     """'0, 2, 4' for one run per split; '0 ×2, 2' where a split ran with several seeds."""
-    counts = Counter(splits)
-    return ', '.join(f'{split} ×{n}' if n > 1 else str(split) for split, n in sorted(counts.items()))
+    return ', '.join(f'{split}{_seeds_mark(n)}' for split, n in sorted(Counter(splits).items()))
 
 
 def _split_means(records: List[Dict[str, Any]]) -> Dict[tuple, Dict[str, float]]:
@@ -186,7 +190,7 @@ def per_split_table(records: List[Dict[str, Any]], rows: List[Dict[str, Any]]) -
         cells = [means.get((row['label'], split)) for split in splits]
         out.append(f"| {row['label']} | " + ' | '.join(
             f"{m['rank1'] * 100:.1f} ({m['mAP'] * 100:.1f})"
-            + (f" ×{m['seeds']}" if m['seeds'] > 1 else '') if m else '–'
+            + _seeds_mark(m['seeds']) if m else '–'
             for m in cells) + ' |')
     return '\n'.join(out) + '\n'
 
