@@ -112,6 +112,12 @@ def latest_checkpoint(save_dir: str) -> Optional[str]:
     return next(iter(_newest_first(save_dir)), None)
 
 
+def epochs_done(save_dir: str) -> int:
+    """How many epochs the newest checkpoint under ``save_dir`` has trained (0 if none)."""
+    path = latest_checkpoint(save_dir)
+    return int(path.rsplit('-', 1)[1]) if path else 0
+
+
 def latest_readable_checkpoint(save_dir: str) -> Optional[Tuple[str, Dict[str, Any]]]:
     """The newest checkpoint under ``save_dir`` that loads, with its contents, or None if
     there is none. A newer one that does not load (a crash mid-copy, a full disk) is

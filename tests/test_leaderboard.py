@@ -1,4 +1,5 @@
 """jlml-leaderboard: the synthetic board end to end, resume, and bad configs."""
+import dataclasses
 import json
 import os
 import shutil
@@ -122,6 +123,49 @@ def test_every_model_gets_the_same_protocol(board):
 def test_finished_runs_are_skipped(board, data_root, capsys):
     code, out, _ = _run(['--config', SYNTHETIC, '--root', data_root, '--output', board], capsys)
     assert code == 0 and '6 runs, 6 done, 0 to go' in out
+
+
+def test_the_plan_says_where_each_run_stands_and_how_long_it_has_to_go(tmp_path, board,
+                                                                       data_root, capsys):
+    # A second seed on the finished board: its runs are planned at the recorded speeds.
+    output = tmp_path / 'out'
+    output.mkdir()
+    shutil.copy(os.path.join(board, 'results.jsonl'), output)
+    config = _config(tmp_path, seeds=[1, 2])
+    started = output / 'runs' / 'jlml' / 'split0-seed2' / 'model'
+    started.mkdir(parents=True)
+    (started / 'model.pth.tar-1').write_bytes(b'')  # the plan reads only its epoch
+    with exclusive_lock(str(output / 'runs' / 'jlml' / 'split0-seed2' / '.claim')):
+        code, out, _ = _run(['--config', config, '--root', data_root, '--output', str(output),
+                             '--dry-run'], capsys)
+    assert code == 0 and '12 runs, 6 done, 6 to go' in out
+    assert ('would run jlml/split0-seed2 (jlml): about 0 min, resumes after epoch 1 of 1, '
+            'another runner is training it') in out
+    assert 'would run osnet_x0_25/split1-seed2 (osnet_x0_25): about 0 min\n' in out
+    assert 'Training time left: about 0.0 h of runner time at the recorded speeds\n' in out
+
+
+def test_training_time_left_is_the_boards_images_at_the_runs_recorded_speed():
+    run = leaderboard_spec.Run(label='jlml_lambda0', model='jlml', group='ablation',
+                               split_id=2, seed=1)
+    board = [dict(label='jlml', model='jlml', epochs=30, train_seconds=4000.0,
+                  train_images_per_s=14.4),              # 1920 images per epoch
+             dict(label='hacnn', model='hacnn', epochs=10, train_seconds=1000.0,
+                  train_images_per_s=1.92)]              # 192 per epoch: the mean is 1056
+    tuning = [dict(label='jlml_lambda0@lr=1', model='jlml', epochs=30, train_seconds=1.0,
+                   train_images_per_s=7.2)]
+    # No record of its label: its model's mean speed on either board, 10.8 images/s.
+    assert leaderboard._training_seconds(run, 20, board, board + tuning) == pytest.approx(
+        20 * 1056 / 10.8)
+    # A record of its label: that speed alone.
+    labelled = board + [dict(board[0], label='jlml_lambda0', train_seconds=7200.0,
+                                 train_images_per_s=8.0)]  # 1920 per epoch too
+    assert leaderboard._training_seconds(run, 20, labelled, labelled) == pytest.approx(
+        20 * (1920 * 2 + 192) / 3 / 8.0)
+    # No record of its model, or none on the board to count its images: no estimate.
+    assert leaderboard._training_seconds(dataclasses.replace(run, label='x', model='x'), 20,
+                                         board, board) is None
+    assert leaderboard._training_seconds(run, 20, [], tuning) is None
 
 
 def test_only_and_splits_select_runs(tmp_path, data_root, capsys):

@@ -26,7 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--only', default='', help='comma-separated labels to run')
     parser.add_argument('--splits', default='',
                         help='comma-separated split ids to run (of those planned)')
-    parser.add_argument('--dry-run', action='store_true', help='validate and list the runs left')
+    parser.add_argument('--dry-run', action='store_true',
+                        help='validate and list the runs left: where each stands, and its '
+                             'training time at the recorded speeds')
     parser.add_argument('--report-only', action='store_true',
                         help='rewrite tables and plots from the recorded results (the tuning '
                              'runs\' too, unless --output names another folder)')

@@ -43,6 +43,7 @@ import yaml
 
 from . import report
 from .._files import atomic_write_text, exclusive_lock
+from ..checkpoint import epochs_done
 from ..config import config_changes, trained_config
 from ..errors import ConfigError, NonFiniteLossError, one_line
 from ..progress import Tee
@@ -106,9 +107,7 @@ def run_leaderboard(config: str, root: str = '', output: str = '', only: Optiona
                       f'({"; ".join(stale[run.ident])}); it is rerun, and the record moves '
                       f'to {report.SUPERSEDED} when the new one lands')
     if dry_run:
-        for board in boards:
-            for run in board.todo:
-                print(f'  would run {run.key} ({run.model})')
+        _print_plan(boards, choices)
         return report.summarize(report.load_records(output))
     env = environment()
     for board in boards:
@@ -176,8 +175,7 @@ def _work(boards: List[Board], spec: Dict[str, Any], env: Dict[str, Any]) -> Non
                     continue  # its model's tuning is not finished
                 board.todo.remove(run)
                 cfg = board.config(run, choices)
-                with exclusive_lock(os.path.join(cfg.data.save_dir, '.claim'),
-                                    wait=False) as claimed:
+                with _claim(cfg.data.save_dir) as claimed:
                     if not claimed or run.ident in board.finished(choices)[0]:
                         print(f'\n{run.key}: skipped, another runner '
                               f'{"is training" if not claimed else "has finished"} it')
@@ -198,16 +196,67 @@ def _work(boards: List[Board], spec: Dict[str, Any], env: Dict[str, Any]) -> Non
         time.sleep(POLL_SECONDS)
 
 
+def _print_plan(boards: List[Board], choices: Dict[str, Dict[str, Any]]) -> None:
+    """Lists the runs to do, each with where it stands (resumes from a checkpoint, held by
+    another runner) and its training time left at the recorded speeds, then the total: a
+    plan for a board that runs for days should say how long it has to go."""
+    records = {board.output: report.load_records(board.output) for board in boards}
+    every_record = [r for folder in records.values() for r in folder]
+    total, unknown = 0.0, 0
+    for board in boards:
+        for run in board.todo:
+            cfg = board.config(run, choices)
+            done, epochs = epochs_done(cfg.data.save_dir), cfg.train.max_epoch
+            seconds = _training_seconds(run, max(epochs - done, 0), records[board.output],
+                                        every_record)
+            if seconds is None:
+                unknown += 1
+            else:
+                total += seconds
+            state = [f'about {seconds / 60:.0f} min' if seconds is not None
+                     else 'no recorded speed of its model']
+            if done:
+                state.append(f'resumes after epoch {done} of {epochs}')
+            if _claimed_elsewhere(cfg.data.save_dir):
+                state.append('another runner is training it')
+            print(f'  would run {run.key} ({run.model}): {", ".join(state)}')
+    print(f'Training time left: about {total / 3600:.1f} h of runner time at the recorded '
+          f'speeds' + (f', and {unknown} runs whose model has no recorded speed' if unknown else ''))
+
+
+def _training_seconds(run: Run, epochs: int, board_records: List[Dict[str, Any]],
+                      every_record: List[Dict[str, Any]]) -> Optional[float]:
+    """Seconds to train ``epochs`` epochs of ``run``: the board's images per epoch (from its
+    records) at the recorded images/s of the same label, else of the same model on either
+    board (tuning runs train fewer images per epoch at the same speed). None without both."""
+    per_epoch = [r['train_seconds'] * r['train_images_per_s'] / r['epochs']
+                 for r in board_records if r.get('train_images_per_s')]
+    for same in ('label', 'model'):
+        speeds = [r['train_images_per_s'] for r in every_record
+                  if r[same] == getattr(run, same) and r.get('train_images_per_s')]
+        if speeds and per_epoch:
+            return epochs * (sum(per_epoch) / len(per_epoch)) / (sum(speeds) / len(speeds))
+    return None
+
+
 def _tuning_in_progress(tuning: Board, label: str) -> bool:
     """Whether another runner is training one of ``label``'s unfinished tuning runs."""
     done = tuning.finished()[0]
     for run in tuning.runs:
         if tuned_model(run.label) == label and run.ident not in done:
-            with exclusive_lock(os.path.join(tuning.config(run).data.save_dir, '.claim'),
-                                wait=False) as claimed:
-                if not claimed:
-                    return True
+            if _claimed_elsewhere(tuning.config(run).data.save_dir):
+                return True
     return False
+
+
+def _claim(save_dir: str):
+    """The lock a runner holds on a run (its ``save_dir``) while it trains it."""
+    return exclusive_lock(os.path.join(save_dir, '.claim'), wait=False)
+
+
+def _claimed_elsewhere(save_dir: str) -> bool:
+    with _claim(save_dir) as claimed:
+        return not claimed
 
 
 def _train_one(board: Board, run: Run, cfg, env: Dict[str, Any]) -> None:
