@@ -48,6 +48,7 @@ def test_synthetic_board_writes_every_report(board):
         assert accuracies and all(0 <= a <= 100 for a in accuracies), r['train_summary']
     table = open(os.path.join(board, 'leaderboard.md')).read()
     assert '| jlml | 12.1 |' in table and '± ' in table and '### ablation' in table
+    assert '\nRuns recorded: 6 of the 6 planned.\n' in table
     jlml_split1 = next(r for r in records if r['label'] == 'jlml' and r['split_id'] == 1)
     assert '### models, per split: R1 (mAP)\n\n| Model | split 0 | split 1 |' in table
     assert f"{jlml_split1['rank1'] * 100:.1f} ({jlml_split1['mAP'] * 100:.1f}) |\n" in table
@@ -143,6 +144,9 @@ def test_the_plan_says_where_each_run_stands_and_how_long_it_has_to_go(tmp_path,
             'another runner is training it') in out
     assert 'would run osnet_x0_25/split1-seed2 (osnet_x0_25): about 0 min\n' in out
     assert 'Training time left: about 0.0 h of runner time at the recorded speeds\n' in out
+    # Its report, written now, says that it is partial.
+    assert leaderboard._progress(leaderboard_spec.load_leaderboard(config), str(output)) == (
+        '\nRuns recorded: 6 of the 12 planned; the tables and comparisons cover only those.\n')
 
 
 def test_training_time_left_is_the_boards_images_at_the_runs_recorded_speed():

@@ -283,7 +283,7 @@ def _write_report(spec: Dict[str, Any], output: str, order: List[str], env: Dict
     reference, claims = ablation_claims(spec)
     rankings = [(reference, e['label'], f'{reference} beats {e["label"]}')
                 for e in model_entries(spec) if reference and e['label'] != reference]
-    header = _header(spec, env)
+    header = _header(spec, env) + _progress(spec, output)
     if 'grid' in spec:  # the tuning runs: each model's grid and its choice
         header += _grid_table(spec, output)
     return report.write_report(output, order, title=spec.get('title', ''), header=header,
@@ -369,6 +369,17 @@ def _header(spec: Dict[str, Any], env: Dict[str, Any]) -> str:
         if spec['tune'].get('note'):
             text += f"{spec['tune']['note']}\n"
     return text
+
+
+def _progress(spec: Dict[str, Any], output: str) -> str:
+    """How many of the planned runs have landed (a diverged tuning run counts): a board
+    read while it is still running must say that it is partial."""
+    planned = {run.ident for run in plan_runs(spec)}
+    landed = planned & {report.run_key(r) for r in report.load_records(output)
+                        + report.load_diverged(output)}
+    return (f'\nRuns recorded: {len(landed)} of the {len(planned)} planned'
+            + ('.\n' if landed == planned else
+               '; the tables and comparisons cover only those.\n'))
 
 
 def _grid_edge(value: Any, grid: Optional[List[Any]]) -> str:
