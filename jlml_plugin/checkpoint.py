@@ -103,8 +103,12 @@ def _newest_first(save_dir: str) -> List[str]:
     candidates = []
     for folder, _, _ in os.walk(save_dir):
         candidates += _checkpoints(folder)
-    return sorted(candidates, key=lambda p: (int(p.rsplit('-', 1)[1]), os.path.getmtime(p)),
-                  reverse=True)
+    return sorted(candidates, key=lambda p: (_epoch(p), os.path.getmtime(p)), reverse=True)
+
+
+def _epoch(path: str) -> int:
+    """The epoch a checkpoint's name (``model.pth.tar-<epoch>``) records."""
+    return int(path.rsplit('-', 1)[1])
 
 
 def latest_checkpoint(save_dir: str) -> Optional[str]:
@@ -115,7 +119,7 @@ def latest_checkpoint(save_dir: str) -> Optional[str]:
 def epochs_done(save_dir: str) -> int:
     """How many epochs the newest checkpoint under ``save_dir`` has trained (0 if none)."""
     path = latest_checkpoint(save_dir)
-    return int(path.rsplit('-', 1)[1]) if path else 0
+    return _epoch(path) if path else 0
 
 
 def latest_readable_checkpoint(save_dir: str) -> Optional[Tuple[str, Dict[str, Any]]]:

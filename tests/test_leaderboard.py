@@ -159,17 +159,20 @@ def test_training_time_left_is_the_boards_images_at_the_runs_recorded_speed():
     tuning = [dict(label='jlml_lambda0@lr=1', model='jlml', epochs=30, train_seconds=1.0,
                    train_images_per_s=7.2)]
     # No record of its label: its model's mean speed on either board, 10.8 images/s.
-    assert leaderboard._training_seconds(run, 20, board, board + tuning) == pytest.approx(
+    assert leaderboard._training_seconds(
+        run, 20, leaderboard._images_per_epoch(board), board + tuning) == pytest.approx(
         20 * 1056 / 10.8)
     # A record of its label: that speed alone.
     labelled = board + [dict(board[0], label='jlml_lambda0', train_seconds=7200.0,
                                  train_images_per_s=8.0)]  # 1920 per epoch too
-    assert leaderboard._training_seconds(run, 20, labelled, labelled) == pytest.approx(
+    assert leaderboard._training_seconds(
+        run, 20, leaderboard._images_per_epoch(labelled), labelled) == pytest.approx(
         20 * (1920 * 2 + 192) / 3 / 8.0)
     # No record of its model, or none on the board to count its images: no estimate.
     assert leaderboard._training_seconds(dataclasses.replace(run, label='x', model='x'), 20,
-                                         board, board) is None
-    assert leaderboard._training_seconds(run, 20, [], tuning) is None
+                                         leaderboard._images_per_epoch(board), board) is None
+    assert leaderboard._training_seconds(
+        run, 20, leaderboard._images_per_epoch([]), tuning) is None
 
 
 def test_only_and_splits_select_runs(tmp_path, data_root, capsys):

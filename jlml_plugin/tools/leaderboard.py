@@ -204,10 +204,11 @@ def _print_plan(boards: List[Board], choices: Dict[str, Dict[str, Any]]) -> None
     every_record = [r for folder in records.values() for r in folder]
     total, unknown = 0.0, 0
     for board in boards:
+        images_per_epoch = _images_per_epoch(records[board.output])
         for run in board.todo:
             cfg = board.config(run, choices)
             done, epochs = epochs_done(cfg.data.save_dir), cfg.train.max_epoch
-            seconds = _training_seconds(run, max(epochs - done, 0), records[board.output],
+            seconds = _training_seconds(run, max(epochs - done, 0), images_per_epoch,
                                         every_record)
             if seconds is None:
                 unknown += 1
@@ -224,18 +225,23 @@ def _print_plan(boards: List[Board], choices: Dict[str, Dict[str, Any]]) -> None
           f'speeds' + (f', and {unknown} runs whose model has no recorded speed' if unknown else ''))
 
 
-def _training_seconds(run: Run, epochs: int, board_records: List[Dict[str, Any]],
+def _images_per_epoch(board_records: List[Dict[str, Any]]) -> Optional[float]:
+    """The mean images per epoch the board's recorded runs trained, or None without any."""
+    counts = [r['train_seconds'] * r['train_images_per_s'] / r['epochs']
+              for r in board_records if r.get('train_images_per_s')]
+    return sum(counts) / len(counts) if counts else None
+
+
+def _training_seconds(run: Run, epochs: int, images_per_epoch: Optional[float],
                       every_record: List[Dict[str, Any]]) -> Optional[float]:
-    """Seconds to train ``epochs`` epochs of ``run``: the board's images per epoch (from its
-    records) at the recorded images/s of the same label, else of the same model on either
-    board (tuning runs train fewer images per epoch at the same speed). None without both."""
-    per_epoch = [r['train_seconds'] * r['train_images_per_s'] / r['epochs']
-                 for r in board_records if r.get('train_images_per_s')]
+    """Seconds to train ``epochs`` epochs of ``images_per_epoch`` images at the recorded
+    images/s of ``run``'s label, else of its model, on either board (tuning runs train fewer
+    images per epoch at the same speed). None without a speed or an image count."""
     for same in ('label', 'model'):
         speeds = [r['train_images_per_s'] for r in every_record
                   if r[same] == getattr(run, same) and r.get('train_images_per_s')]
-        if speeds and per_epoch:
-            return epochs * (sum(per_epoch) / len(per_epoch)) / (sum(speeds) / len(speeds))
+        if speeds and images_per_epoch:
+            return epochs * images_per_epoch / (sum(speeds) / len(speeds))
     return None
 
 
