@@ -1,13 +1,14 @@
 """The numbers the repository publishes are the ones its committed records make.
 
 Each committed leaderboard report is rebuilt from its ``results.jsonl`` and must come out
-byte for byte; every table row BENCHMARKS.md copies from a board (the one its
-``<!-- leaderboard NAME -->`` marker names) must stand in that board's report. A record appended without its report, or a hand-edited figure,
-fails here.
+byte for byte; every table line BENCHMARKS.md copies from a board, inside a
+``<!-- leaderboard NAME -->`` block, must stand in that board's report. A record appended
+without its report, or a hand-edited figure, fails here.
 A tuning folder (a config's ``tune.output``) is rebuilt the same way from its config.
 """
 import glob
 import os
+import re
 import shutil
 
 import pytest
@@ -65,14 +66,38 @@ def test_a_committed_report_is_what_its_records_make(name, tmp_path):
             assert _read(tmp_path / filename) == _read(committed), filename
 
 
-def test_every_board_row_in_benchmarks_stands_in_the_board_report():
+def _benchmarks_board_blocks():
+    """Each ``<!-- leaderboard NAME -->`` ... ``<!-- /leaderboard -->`` block of BENCHMARKS.md:
+    (board name, its table lines)."""
+    blocks = re.findall(r'<!-- leaderboard (\S+) -->\n(.*?)<!-- /leaderboard -->',
+                        _read(os.path.join(REPO, 'BENCHMARKS.md')), re.S)
+    return [(board, [line for line in body.splitlines() if line.startswith('|')])
+            for board, body in blocks]
+
+
+BENCHMARKS_BLOCKS = _benchmarks_board_blocks()
+
+
+def _data_rows(table):
+    return [line for line in table if not line.startswith(('| Model |', '| claim |', '|---'))]
+
+
+def test_every_leaderboard_marker_opens_a_checked_block():
+    # A misspelt or unclosed marker would drop its block from the check without a word.
     text = _read(os.path.join(REPO, 'BENCHMARKS.md'))
-    start, end = text.index('<!-- leaderboard '), text.index('<!-- /leaderboard -->')
-    marker, *block = text[start:end].splitlines()
-    board = marker.split()[2]
+    assert len(BENCHMARKS_BLOCKS) == text.count('<!-- leaderboard') == text.count('<!-- /leaderboard')
+
+
+@pytest.mark.parametrize('board, table', BENCHMARKS_BLOCKS,
+                         ids=[f'{board}-{i}' for i, (board, _) in enumerate(BENCHMARKS_BLOCKS)])
+def test_every_table_line_of_a_benchmarks_block_stands_in_its_board_report(board, table):
+    # Headers and separators included: no line of a block goes unchecked.
     assert board in BOARDS
-    rows = [line for line in block
-            if line.startswith('| ') and not line.startswith(('| Model |', '| claim |'))]
-    assert len(rows) >= 20  # the models, the per-split table, the ablations and the claims
+    assert _data_rows(table)
     report_lines = set(_read(os.path.join(RESULTS, board, 'leaderboard.md')).splitlines())
-    assert [row for row in rows if row not in report_lines] == []
+    assert [line for line in table if line not in report_lines] == []
+
+
+def test_the_board_block_holds_the_whole_board():
+    # The models, the per-split table, the ablations and the claims: at least 20 rows.
+    assert max(len(_data_rows(table)) for _, table in BENCHMARKS_BLOCKS) >= 20
