@@ -2,8 +2,9 @@
 
 Each committed leaderboard report is rebuilt from its ``results.jsonl`` and must come out
 byte for byte; every table line BENCHMARKS.md copies from a board, inside a
-``<!-- leaderboard NAME -->`` block, must stand in that board's report. A record appended
-without its report, or a hand-edited figure, fails here.
+``<!-- leaderboard NAME -->`` block, must stand in that board's report, and no model the
+board has run may be missing from the block's per-split rows. A record appended without its
+report, a hand-edited figure, or a landed run left out of BENCHMARKS.md fails here.
 A tuning folder (a config's ``tune.output``) is rebuilt the same way from its config.
 """
 import glob
@@ -101,3 +102,23 @@ def test_every_table_line_of_a_benchmarks_block_stands_in_its_board_report(board
 def test_the_board_block_holds_the_whole_board():
     # The models, the per-split table, the ablations and the claims: at least 20 rows.
     assert max(len(_data_rows(table)) for _, table in BENCHMARKS_BLOCKS) >= 20
+
+
+def _per_split_rows(board):
+    """The data rows of a board report's per-split tables: one per model it has run."""
+    rows, in_per_split = [], False
+    for line in _read(os.path.join(RESULTS, board, 'leaderboard.md')).splitlines():
+        if line.startswith('#'):
+            in_per_split = line.endswith('per split: R1 (mAP)')
+        elif in_per_split and line.startswith('|'):
+            rows.append(line)
+    return _data_rows(rows)
+
+
+@pytest.mark.parametrize('board', sorted({board for board, _ in BENCHMARKS_BLOCKS}))
+def test_a_copied_board_leaves_out_no_model_it_has_run(board):
+    # A block may quote a subset of a report's tables, but a model the board has run, or a
+    # newly landed run of one, must not be missing from its per-split rows.
+    copied = {line for block_board, table in BENCHMARKS_BLOCKS if block_board == board for line in table}
+    assert _per_split_rows(board)
+    assert [row for row in _per_split_rows(board) if row not in copied] == []
