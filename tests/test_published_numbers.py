@@ -120,5 +120,6 @@ def test_a_copied_board_leaves_out_no_model_it_has_run(board):
     # A block may quote a subset of a report's tables, but a model the board has run, or a
     # newly landed run of one, must not be missing from its per-split rows.
     copied = {line for block_board, table in BENCHMARKS_BLOCKS if block_board == board for line in table}
-    assert _per_split_rows(board)
-    assert [row for row in _per_split_rows(board) if row not in copied] == []
+    rows = _per_split_rows(board)
+    assert rows
+    assert [row for row in rows if row not in copied] == []
