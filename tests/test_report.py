@@ -47,6 +47,19 @@ def test_a_claim_reads_its_pooled_paired_interval():
         '|---|---|---|---|']
 
 
+def test_a_pair_with_a_run_still_to_come_gets_its_interval_but_no_verdict():
+    ap = np.linspace(0.1, 0.9, 40)
+    ranks = np.ones(40, dtype=int)
+    records = [_record(label, 0, 0.5, 0.5) for label in ('jlml', 'local', 'global')]
+    queries = [_queries('jlml', 0, ranks, ap), _queries('local', 0, ranks, ap - 0.1),
+               _queries('global', 0, ranks, ap - 0.1)]
+    local, global_ = compare(records, queries, [('jlml', 'local', ''), ('jlml', 'global', '')],
+                             pending={('global', 2, 1)})
+    assert local['mAP']['verdict'] == 'holds'
+    assert global_['mAP'] == {'mean': pytest.approx(10.0), 'low': pytest.approx(10.0),
+                              'high': pytest.approx(10.0), 'verdict': 'no verdict yet: 1 run to come'}
+
+
 def test_seeds_are_averaged_per_split():
     records = [_record('jlml', 0, 0.40, 0.42), _record('jlml', 0, 0.30, 0.40, seed=2),
                _record('jlml', 2, 0.35, 0.38)]

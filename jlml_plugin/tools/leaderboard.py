@@ -37,7 +37,7 @@ import json
 import os
 import sys
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 import yaml
 
@@ -289,11 +289,13 @@ def _write_report(spec: Dict[str, Any], output: str, order: List[str], env: Dict
     reference, claims = ablation_claims(spec)
     rankings = [(reference, e['label'], f'{reference} beats {e["label"]}')
                 for e in model_entries(spec) if reference and e['label'] != reference]
-    header = _header(spec, env) + _progress(spec, output)
+    planned = {run.ident for run in plan_runs(spec)}
+    header = _header(spec, env) + _progress(planned, output)
     if 'grid' in spec:  # the tuning runs: each model's grid and its choice
         header += _grid_table(spec, output)
     return report.write_report(output, order, title=spec.get('title', ''), header=header,
-                               rankings=rankings, claims=claims, views=spec.get('views'))
+                               rankings=rankings, claims=claims, views=spec.get('views'),
+                               planned=planned)
 
 
 def _grid_table(tuning: Dict[str, Any], folder: str) -> str:
@@ -377,10 +379,9 @@ def _header(spec: Dict[str, Any], env: Dict[str, Any]) -> str:
     return text
 
 
-def _progress(spec: Dict[str, Any], output: str) -> str:
-    """How many of the planned runs have landed (a diverged tuning run counts): a board
+def _progress(planned: Set[tuple], output: str) -> str:
+    """How many of the ``planned`` runs have landed (a diverged tuning run counts): a board
     read while it is still running must say that it is partial."""
-    planned = {run.ident for run in plan_runs(spec)}
     landed = planned & {report.run_key(r) for r in report.load_records(output)
                         + report.load_diverged(output)}
     return (f'\nRuns recorded: {len(landed)} of the {len(planned)} planned'

@@ -12,7 +12,7 @@ import io
 import json
 import os
 from collections import Counter, OrderedDict
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Collection, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -201,12 +201,16 @@ _METRIC_NAMES = {'rank1': 'R1', 'mAP': 'mAP', 'rank1+mAP': 'R1 + mAP'}
 
 
 def compare(records: List[Dict[str, Any]], queries: List[Dict[str, Any]],
-            pairs: List[Tuple[str, str, str]], metrics: Sequence[str] = COMPARED
-            ) -> List[Dict[str, Any]]:
+            pairs: List[Tuple[str, str, str]], metrics: Sequence[str] = COMPARED,
+            pending: Collection[tuple] = ()) -> List[Dict[str, Any]]:
     """Each ``(a, b, claim)``: ``a`` minus ``b`` in each metric (in points), per split from
     the records (R1 (mAP), seeds averaged) and pooled over the splits both ran, with the
     paired 95% interval over test identities (:mod:`jlml_plugin.tools.stats`) and its verdict.
-    The pooled figures need per-query records of both; without them they are None."""
+    The pooled figures need per-query records of both; without them they are None.
+
+    ``pending``: the runs (label, split, seed) a board plans and has not recorded yet. A
+    pair with one of them gets its interval so far but no verdict: a board read part way
+    must not state a finding that its missing splits or seeds could overturn."""
     means = _split_means(records)
     rows = []
     for a, b, claim in pairs:
@@ -214,10 +218,12 @@ def compare(records: List[Dict[str, Any]], queries: List[Dict[str, Any]],
         row = dict(a=a, b=b, claim=claim, splits=splits, per_split={
             str(s): {k: (means[a, s][k] - means[b, s][k]) * 100 for k in ('rank1', 'mAP')}
             for s in splits})
+        to_come = sum(1 for label, _, _ in pending if label in (a, b))
         for metric in metrics:
             interval = stats.paired_interval(queries, a, b, metric, splits)
             row[metric] = None if interval is None else dict(
-                vars(interval.scaled(100)), verdict=stats.verdict(interval))
+                vars(interval.scaled(100)), verdict=stats.verdict(interval) if not to_come
+                else f"no verdict yet: {to_come} run{'s' if to_come > 1 else ''} to come")
         rows.append(row)
     return rows
 
@@ -323,11 +329,13 @@ def in_view(records: List[Dict[str, Any]], queries: List[Dict[str, Any]], view: 
 
 def _comparisons(records: List[Dict[str, Any]], queries: List[Dict[str, Any]],
                  rankings: Sequence[Tuple[str, str, str]], claims: Sequence[Tuple[str, str, str]],
-                 shared_only: bool = False) -> Dict[str, List[Dict[str, Any]]]:
-    """The rankings and claims, by section; ``shared_only``: only those with a split both
-    sides ran (in a view, the others are pairs that one side cannot be read in)."""
-    sections = {'rankings': compare(records, queries, list(rankings)),
-                'claims': compare(records, queries, list(claims))}
+                 pending: Collection[tuple] = (), shared_only: bool = False
+                 ) -> Dict[str, List[Dict[str, Any]]]:
+    """The rankings and claims, by section (``pending``: as :func:`compare`); ``shared_only``:
+    only those with a split both sides ran (in a view, the others are pairs that one side
+    cannot be read in)."""
+    sections = {'rankings': compare(records, queries, list(rankings), pending=pending),
+                'claims': compare(records, queries, list(claims), pending=pending)}
     if shared_only:
         sections = {name: [row for row in rows if row['splits']] for name, rows in sections.items()}
     return sections
@@ -351,16 +359,21 @@ def _draw_forest(sections: Dict[str, List[Dict[str, Any]]], path: str, title: st
 def write_report(folder: str, order: Optional[List[str]] = None, title: str = '',
                  header: str = '', rankings: Sequence[Tuple[str, str, str]] = (),
                  claims: Sequence[Tuple[str, str, str]] = (),
-                 views: Optional[Dict[str, str]] = None) -> List[Dict[str, Any]]:
+                 views: Optional[Dict[str, str]] = None, planned: Collection[tuple] = ()
+                 ) -> List[Dict[str, Any]]:
     """Regenerates every report file in ``folder`` from its records: ``results.csv``,
     ``summary.json``, ``leaderboard.md``, ``cmc.png``, and where there are comparisons,
     ``comparisons.json`` and ``forest.png``. ``rankings`` (a model against each baseline)
     and ``claims`` (a model against each ablation) are ``(a, b, claim)``: ``a`` minus
     ``b``, paired by query. ``views`` (name: what it reads) states them again in each
-    view (:func:`in_view`) where both sides scored it, with ``forest_<view>.png``."""
+    view (:func:`in_view`) where both sides scored it, with ``forest_<view>.png``.
+    ``planned``: every run (label, split, seed) of the board; a comparison with one of them
+    not yet recorded gets no verdict (:func:`compare`)."""
     with _folder_lock(folder):  # the files then agree with one state of the records
         records = load_records(folder)
         queries = load_queries(folder)
+        diverged = load_diverged(folder)
+        pending = set(planned) - {run_key(r) for r in records + diverged}
         rows = summarize(records, order)
         text = io.StringIO()
         writer = csv.DictWriter(text, fieldnames=CSV_FIELDS, extrasaction='ignore',
@@ -381,23 +394,25 @@ def write_report(folder: str, order: Optional[List[str]] = None, title: str = ''
             pooled = intervals_table(queries, group)
             if pooled:
                 body += f'\n### {name}, pooled over splits and seeds\n\n{pooled}'
-        sections: Dict[str, Any] = _comparisons(records, queries, rankings, claims)
+        sections: Dict[str, Any] = _comparisons(records, queries, rankings, claims, pending)
         body += _comparison_text(sections)
         _draw_forest(sections, os.path.join(folder, 'forest.png'), title)
         views = views or {}
         in_views = {view: _comparisons(*in_view(records, queries, view), rankings, claims,
-                                       shared_only=True) for view in views}
+                                       pending, shared_only=True) for view in views}
         for view, meaning in views.items():
             body += _comparison_text(in_views[view], f' in view {view} ({meaning})')
             _draw_forest(in_views[view], os.path.join(folder, f'forest_{view}.png'),
                          f'{title}, view {view}' if title else f'view {view}')
         if any(sections.values()) or any(any(s.values()) for s in in_views.values()):
-            body += COMPARISONS_NOTE
+            undecided = any(cell and cell['verdict'].startswith('no verdict')
+                            for part in [sections, *in_views.values()] for rows in part.values()
+                            for row in rows for cell in (row[m] for m in COMPARED))
+            body += COMPARISONS_NOTE + (NO_VERDICT_NOTE if undecided else '')
             if in_views:
                 sections['views'] = in_views
             atomic_write_text(os.path.join(folder, 'comparisons.json'),
                               json.dumps(sections, indent=1) + '\n')
-        diverged = load_diverged(folder)
         if diverged:
             body += '\n### diverged\n\n' + ''.join(
                 f"- {d['label']} (split {d['split_id']}, seed {d['seed']}): {d['error']}\n"
@@ -415,4 +430,8 @@ Differences are in points. The interval is a paired bootstrap over test identiti
 queries of a person, in every split that tests them, are drawn together; a model's seeds are
 averaged query by query), 10,000 draws, 95% percentile. **holds**: the interval lies above zero; **fails**:
 below; **not shown**: it contains zero. The per-split columns are point differences.
+"""
+#: Added under it while a comparison waits for a run.
+NO_VERDICT_NOTE = """**no verdict yet**: a run of either side that the board plans has not landed; the
+interval covers the runs so far.
 """
