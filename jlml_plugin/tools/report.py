@@ -222,10 +222,19 @@ def compare(records: List[Dict[str, Any]], queries: List[Dict[str, Any]],
         for metric in metrics:
             interval = stats.paired_interval(queries, a, b, metric, splits)
             row[metric] = None if interval is None else dict(
-                vars(interval.scaled(100)), verdict=stats.verdict(interval) if not to_come
-                else f"no verdict yet: {to_come} run{'s' if to_come > 1 else ''} to come")
+                vars(interval.scaled(100)), verdict=_verdict(interval, to_come))
         rows.append(row)
     return rows
+
+
+NO_VERDICT = 'no verdict yet'
+
+
+def _verdict(interval: stats.Interval, to_come: int) -> str:
+    """The interval's verdict, or none while ``to_come`` planned runs of the pair are missing."""
+    if to_come:
+        return f"{NO_VERDICT}: {to_come} run{'s' if to_come > 1 else ''} to come"
+    return stats.verdict(interval)
 
 
 def _cell(pooled: Optional[Dict[str, Any]]) -> str:
@@ -405,7 +414,7 @@ def write_report(folder: str, order: Optional[List[str]] = None, title: str = ''
             _draw_forest(in_views[view], os.path.join(folder, f'forest_{view}.png'),
                          f'{title}, view {view}' if title else f'view {view}')
         if any(sections.values()) or any(any(s.values()) for s in in_views.values()):
-            undecided = any(cell and cell['verdict'].startswith('no verdict')
+            undecided = any(cell and cell['verdict'].startswith(NO_VERDICT)
                             for part in [sections, *in_views.values()] for rows in part.values()
                             for row in rows for cell in (row[m] for m in COMPARED))
             body += COMPARISONS_NOTE + (NO_VERDICT_NOTE if undecided else '')
