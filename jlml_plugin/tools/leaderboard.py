@@ -382,10 +382,9 @@ def _header(spec: Dict[str, Any], env: Dict[str, Any]) -> str:
 def _progress(planned: Set[tuple], output: str) -> str:
     """How many of the ``planned`` runs have landed (a diverged tuning run counts): a board
     read while it is still running must say that it is partial."""
-    landed = planned & {report.run_key(r) for r in report.load_records(output)
-                        + report.load_diverged(output)}
-    return (f'\nRuns recorded: {len(landed)} of the {len(planned)} planned'
-            + ('.\n' if landed == planned else
+    pending = report.unrecorded(planned, report.load_records(output), report.load_diverged(output))
+    return (f'\nRuns recorded: {len(planned) - len(pending)} of the {len(planned)} planned'
+            + ('.\n' if not pending else
                '; the tables and comparisons cover only those.\n'))
 
 

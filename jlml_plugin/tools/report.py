@@ -12,7 +12,7 @@ import io
 import json
 import os
 from collections import Counter, OrderedDict
-from typing import Any, Collection, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Collection, Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
@@ -20,7 +20,7 @@ from . import stats
 from .._files import atomic_open, atomic_write_text, exclusive_lock
 
 __all__ = ['load_records', 'load_queries', 'load_diverged', 'append_diverged',
-           'run_key', 'append_record', 'summarize', 'write_report', 'plot_cmc',
+           'run_key', 'append_record', 'unrecorded', 'summarize', 'write_report', 'plot_cmc',
            'markdown_table', 'per_split_table', 'intervals_table', 'compare',
            'comparisons_table', 'plot_forest', 'in_view']
 
@@ -103,6 +103,13 @@ def append_record(folder: str, record: Dict[str, Any],
                 _write_jsonl(os.path.join(folder, superseded),
                              _read_jsonl(os.path.join(folder, superseded)) + replaced)
             _write_jsonl(os.path.join(folder, name), kept + [entry])
+
+
+def unrecorded(planned: Collection[tuple], records: List[Dict[str, Any]],
+               diverged: List[Dict[str, Any]]) -> Set[tuple]:
+    """The ``planned`` runs (label, split, seed) with no record yet; a tuning run that
+    diverged counts as recorded (it is done, with no score)."""
+    return set(planned) - {run_key(r) for r in records + diverged}
 
 
 def summarize(records: List[Dict[str, Any]], order: Optional[List[str]] = None
@@ -382,7 +389,7 @@ def write_report(folder: str, order: Optional[List[str]] = None, title: str = ''
         records = load_records(folder)
         queries = load_queries(folder)
         diverged = load_diverged(folder)
-        pending = set(planned) - {run_key(r) for r in records + diverged}
+        pending = unrecorded(planned, records, diverged)
         rows = summarize(records, order)
         text = io.StringIO()
         writer = csv.DictWriter(text, fieldnames=CSV_FIELDS, extrasaction='ignore',
